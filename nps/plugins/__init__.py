@@ -1,0 +1,5 @@
+"""Proxy-mode plugins, found with C{getPlugins(IProxyMode, nps.plugins)}."""
+from twisted.plugin import pluginPackagePaths
+
+__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__all__: list[str] = []
