@@ -1,0 +1,683 @@
+# -*- test-case-name: test.test_mux -*-
+"""Many streams over one bridge connection, each stream a Twisted transport.
+
+A L{Mux} sits on a connected transport (the bridge) and speaks the framing
+of L{nps.protocols.frames}.  Each L{MuxStream} provides C{ITransport},
+C{IPushProducer} and C{IConsumer}, so an ordinary C{Protocol} runs over it
+and a relay can splice it to a TCP connection with producers registered both
+ways.
+
+Flow control is per stream: the receiver grants credit (C{WINDOW_UPDATE})
+only after its protocol has taken the bytes, i.e. while the stream is not
+paused by its consumer.  A slow reader therefore holds back only its own
+sender, and at most one window of data waits in memory for it.  When the
+bridge transport itself is full, each stream that writes pauses its own
+producer until the bridge drains.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any, Callable, Iterable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nps.protocols.frames import (
+    MAX_DATA_CHUNK,
+    Flag,
+    Frame,
+    FrameError,
+    FrameParser,
+    FrameType,
+    GoAwayCode,
+    encode,
+    encode_header,
+)
+
+INITIAL_WINDOW = 256 * 1024
+MAX_WINDOW = 4 * 1024 * 1024
+#: Bytes a stream buffers beyond its send window before pausing its producer.
+OUTBUF_HIGH = 64 * 1024
+MAX_STREAMS = 65536
+OPEN_TIMEOUT = 30.0
+#: How long a stream closed by us waits for the peer's FIN before it is forgotten.
+LINGER = 30.0
+MAX_REASON = 1024
+
+
+class StreamRefused(Exception):
+    """The peer reset a stream we tried to open; C{str()} is its reason."""
+
+
+class StreamError(Exception):
+    """A stream ended abnormally."""
+
+
+@implementer(IAddress)
+@attrs.frozen
+class StreamAddress:
+    """Address of one end of a mux stream: the stream id and who is behind it."""
+
+    stream_id: int
+    remote: str = ""
+
+
+@implementer(ITransport, IPushProducer, IConsumer)
+class MuxStream:
+    """One multiplexed stream; a transport for the protocol attached to it."""
+
+    disconnected = False
+
+    def __init__(self, mux: "Mux", stream_id: int, link: dict[str, Any]) -> None:
+        self.mux = mux
+        self.stream_id = stream_id
+        self.link = link
+        self.protocol: IProtocol | None = None
+        #: Extra objects with C{add_in(n)}/C{add_out(n)}; C{in} = bytes we send.
+        self.counters: list[Any] = []
+        self._send_window = INITIAL_WINDOW
+        self._recv_window = INITIAL_WINDOW
+        self._recv_left = INITIAL_WINDOW
+        self._consumed = 0
+        self._outbuf: deque[bytes] = deque()
+        self._outbuf_size = 0
+        self._inbuf: deque[bytes] = deque()
+        self._read_paused = False
+        self._producer: Any = None
+        self._streaming = True
+        self._producer_paused = False
+        self._open = False
+        self._local_fin = False  # FIN sent
+        self._fin_pending = False  # FIN to send once outbuf drains
+        self._full_close = False  # our protocol is gone; discard reads
+        self._remote_fin = False
+        self._eof_delivered = False
+        self._finished = False
+        self._linger: IDelayedCall | None = None
+        self._pull_scheduled = False
+
+    def __repr__(self) -> str:
+        return f"<MuxStream {self.stream_id} {self.link.get('target', '')}>"
+
+    # -- ITransport -------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._local_fin or self._fin_pending or self._finished or not data:
+            return
+        if not self._outbuf and len(data) <= self._send_window and len(data) <= MAX_DATA_CHUNK:
+            self._send_window -= len(data)
+            self.mux._send_data(self, data)
+        else:
+            self._outbuf.append(bytes(data))
+            self._outbuf_size += len(data)
+            self._flush()
+        if self.mux._writes_paused:
+            self.mux._wait_for_bridge(self)
+        self._update_producer()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send FIN after pending data, keep reading."""
+        if self._local_fin or self._finished:
+            return
+        self._fin_pending = True
+        self._flush()
+
+    def loseConnection(self) -> None:
+        """Close both directions: flush, send FIN, stop reading."""
+        if self._finished or self._full_close:
+            return
+        self._full_close = True
+        self._inbuf.clear()
+        if self._local_fin:
+            self._finish_local()
+        else:
+            self._fin_pending = True
+            self._flush()
+
+    def abortConnection(self) -> None:
+        self.reset("aborted")
+
+    def reset(self, reason: str = "") -> None:
+        """Abort the stream now, telling the peer why."""
+        if self._finished:
+            return
+        self.mux._send_frame(FrameType.DATA, Flag.RST, self.stream_id, reason.encode()[:MAX_REASON])
+        self._finish(Failure(ConnectionAborted(reason)))
+
+    def getPeer(self) -> StreamAddress:
+        return StreamAddress(self.stream_id, str(self.link.get("remote", "")))
+
+    def getHost(self) -> StreamAddress:
+        return StreamAddress(self.stream_id, "")
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Streams have no Nagle; accepted so relays may call it on any transport."""
+
+    # -- IPushProducer (towards our protocol) ------------------------------
+
+    def pauseProducing(self) -> None:
+        self._read_paused = True
+
+    def resumeProducing(self) -> None:
+        self._read_paused = False
+        self._drain_inbuf()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # -- IConsumer --------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
+        if self._finished:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        self._producer_paused = False
+        self._update_producer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    # -- called by the Mux --------------------------------------------------
+
+    def _attach(self, protocol: IProtocol) -> None:
+        self._open = True
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        self._drain_inbuf()
+
+    def _on_data(self, payload: bytes) -> None:
+        size = len(payload)
+        if size > self._recv_left:
+            raise FrameError(f"stream {self.stream_id}: peer sent {size} bytes beyond its window")
+        self._recv_left -= size
+        for counter in self.counters:
+            counter.add_out(size)
+        if self._full_close or self._finished:
+            return
+        if self._read_paused or self._inbuf or self.protocol is None:
+            self._inbuf.append(payload)
+        else:
+            self._deliver(payload)
+
+    def _deliver(self, payload: bytes) -> None:
+        assert self.protocol is not None
+        self.protocol.dataReceived(payload)
+        self._consumed += len(payload)
+        if self._consumed >= self._recv_window // 4 and not self._finished:
+            grow = 0
+            if self._recv_left < self._recv_window // 4 and self._recv_window < MAX_WINDOW:
+                grow = self._recv_window
+                self._recv_window *= 2
+            credit = self._consumed + grow
+            self._consumed = 0
+            self._recv_left += credit
+            self.mux._send_frame(FrameType.WINDOW_UPDATE, Flag.NONE, self.stream_id, length=credit)
+
+    def _drain_inbuf(self) -> None:
+        while self._inbuf and not self._read_paused and self.protocol is not None and not self._finished:
+            self._deliver(self._inbuf.popleft())
+        if self._remote_fin and not self._inbuf and not self._read_paused:
+            self._deliver_eof()
+
+    def _on_credit(self, credit: int) -> None:
+        self._send_window += credit
+        self._flush()
+        self._update_producer()
+
+    def _on_remote_fin(self) -> None:
+        if self._remote_fin:
+            return
+        self._remote_fin = True
+        if self._full_close and self._local_fin:
+            self._forget()
+            return
+        self._drain_inbuf()
+
+    def _deliver_eof(self) -> None:
+        if self._eof_delivered or self.protocol is None or self._finished:
+            return
+        self._eof_delivered = True
+        if IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.readConnectionLost()
+            if self._local_fin and not self._finished:
+                self._finish(Failure(ConnectionDone()))
+        else:
+            self.loseConnection()
+
+    def _flush(self) -> None:
+        while self._outbuf and self._send_window > 0:
+            head = self._outbuf[0]
+            size = min(len(head), self._send_window, MAX_DATA_CHUNK)
+            if size == len(head):
+                self._outbuf.popleft()
+                chunk = head
+            else:
+                chunk = head[:size]
+                self._outbuf[0] = head[size:]
+            self._outbuf_size -= size
+            self._send_window -= size
+            self.mux._send_data(self, chunk)
+        if self._fin_pending and not self._outbuf and not self._local_fin:
+            self._fin_pending = False
+            self._local_fin = True
+            self.mux._send_frame(FrameType.DATA, Flag.FIN, self.stream_id)
+            if self._full_close:
+                self._finish_local()
+            elif self._remote_fin and self._eof_delivered:
+                self._finish(Failure(ConnectionDone()))
+
+    def _update_producer(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        want_pause = self._outbuf_size >= OUTBUF_HIGH or self in self.mux._waiting_streams
+        if not self._streaming:
+            if not want_pause and not self._finished and not self._pull_scheduled:
+                # Pull producers get one resume per reactor turn, never from inside write().
+                self._pull_scheduled = True
+                self.mux._clock.callLater(0, self._pull)
+            return
+        if want_pause and not self._producer_paused:
+            self._producer_paused = True
+            producer.pauseProducing()
+        elif not want_pause and self._producer_paused:
+            self._producer_paused = False
+            producer.resumeProducing()
+
+    def _pull(self) -> None:
+        self._pull_scheduled = False
+        if self._producer is not None and not self._streaming and not self._finished:
+            if self._outbuf_size < OUTBUF_HIGH and self not in self.mux._waiting_streams:
+                self._producer.resumeProducing()
+
+    def _finish_local(self) -> None:
+        """Our side is fully closed; wait a little for the peer's FIN."""
+        if self._remote_fin:
+            self._finish(Failure(ConnectionDone()))
+            return
+        self._notify_lost(Failure(ConnectionDone()))
+        self._linger = self.mux._clock.callLater(LINGER, self._forget)
+
+    def _forget(self) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self._finished = True
+        self.mux._remove(self)
+
+    def _finish(self, reason: Failure) -> None:
+        self._notify_lost(reason)
+        self._forget()
+
+    def _notify_lost(self, reason: Failure) -> None:
+        if self.disconnected:
+            return
+        self.disconnected = True
+        self._finished = True
+        self._outbuf.clear()
+        self._inbuf.clear()
+        self.mux._waiting_streams.discard(self)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.connectionLost(reason)
+
+
+@implementer(IPushProducer)
+class Mux:
+    """The stream multiplexer of one bridge connection (either end)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        transport: Any,
+        clock: IReactorTime,
+        *,
+        is_client: bool,
+        on_stream: Callable[[MuxStream], None] | None = None,
+        on_control: Callable[[dict[str, Any]], None] | None = None,
+        on_close: Callable[[str], None] | None = None,
+        ping_interval: float = 5.0,
+        idle_timeout: float = 300.0,
+        name: str = "bridge",
+    ) -> None:
+        self.transport = transport
+        self._clock = clock
+        self._is_client = is_client
+        self._on_stream = on_stream
+        self._on_control = on_control
+        self._on_close = on_close
+        self._name = name
+        self._parser = FrameParser()
+        self._streams: dict[int, MuxStream] = {}
+        self._pending_opens: dict[int, tuple[Deferred[MuxStream], IDelayedCall]] = {}
+        self._next_id = 1 if is_client else 2
+        self._writes_paused = False
+        self._waiting_streams: set[MuxStream] = set()
+        self._closed = False
+        self.close_reason = ""
+        self._ping_interval = ping_interval
+        self._idle_timeout = idle_timeout
+        self._last_received = clock.seconds()
+        self._ping_seq = 0
+        self._ping_sent: dict[int, float] = {}
+        self.rtt: float | None = None
+        self._ping_call: IDelayedCall | None = None
+        transport.registerProducer(self, True)
+        if ping_interval > 0:
+            self._ping_call = clock.callLater(ping_interval, self._keepalive)
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def open_stream(self, link: dict[str, Any], timeout: float = OPEN_TIMEOUT) -> Deferred[MuxStream]:
+        """Open a stream carrying C{link}; fires once the peer accepts it."""
+        if self._closed:
+            return _failed(StreamRefused(f"bridge closed: {self.close_reason}"))
+        if len(self._streams) >= MAX_STREAMS:
+            return _failed(StreamRefused("too many streams on this bridge"))
+        stream_id = self._next_id
+        self._next_id += 2
+        if self._next_id > 0xFFFFFFFF:
+            self._next_id = 1 if self._is_client else 2
+        stream = MuxStream(self, stream_id, link)
+        self._streams[stream_id] = stream
+        d: Deferred[MuxStream] = Deferred(lambda _: self._cancel_open(stream, "cancelled"))
+        timer = self._clock.callLater(timeout, self._cancel_open, stream, "peer did not answer in time")
+        self._pending_opens[stream_id] = (d, timer)
+        self._send_frame(FrameType.DATA, Flag.SYN, stream_id, json.dumps(link).encode("utf-8"))
+        return d
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        if not self._closed:
+            self._send_frame(FrameType.CONTROL, Flag.NONE, 0, json.dumps(message).encode("utf-8"))
+
+    def go_away(self, code: GoAwayCode, reason: str = "") -> None:
+        """Tell the peer we are ending the session, then close it."""
+        if self._closed:
+            return
+        if reason:
+            self.send_control({"type": "goaway", "code": int(code), "reason": reason})
+        self._send_frame(FrameType.GO_AWAY, Flag.NONE, 0, length=int(code))
+        self.close_reason = reason or code.name.lower()
+        self.transport.loseConnection()
+
+    def accept_stream(self, stream: MuxStream, protocol: IProtocol) -> None:
+        """Accept a stream the peer opened and attach C{protocol} to it."""
+        if stream._finished:
+            protocol.makeConnection(stream)
+            protocol.connectionLost(Failure(ConnectionLost("stream closed before it was accepted")))
+            return
+        self._send_frame(FrameType.DATA, Flag.ACK, stream.stream_id)
+        stream._attach(protocol)
+
+    def refuse_stream(self, stream: MuxStream, reason: str) -> None:
+        stream.reset(reason)
+
+    # -- input --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._last_received = self._clock.seconds()
+        try:
+            for frame in self._parser.feed(data):
+                self._handle(frame)
+                if self._closed:
+                    return
+        except FrameError as e:
+            self.protocol_error(str(e))
+
+    def protocol_error(self, message: str) -> None:
+        peer = self._peer_text()
+        self.log.error("{name}: protocol error from {peer}: {message}; closing session",
+                       name=self._name, peer=peer, message=message)
+        self.close_reason = f"protocol error: {message}"
+        self._send_frame(FrameType.GO_AWAY, Flag.NONE, 0, length=int(GoAwayCode.PROTOCOL_ERROR))
+        self.transport.abortConnection() if hasattr(self.transport, "abortConnection") else self.transport.loseConnection()
+        self.connection_lost(self.close_reason)
+
+    def connection_lost(self, reason: str) -> None:
+        if self._closed and not self._streams and not self._pending_opens:
+            return
+        first = not self._closed
+        self._closed = True
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        for d, timer in list(self._pending_opens.values()):
+            if timer.active():
+                timer.cancel()
+        pending, self._pending_opens = self._pending_opens, {}
+        for d, _ in pending.values():
+            d.errback(StreamRefused(f"bridge lost: {self.close_reason}"))
+        lost = Failure(ConnectionLost(f"bridge lost: {self.close_reason}"))
+        for stream in list(self._streams.values()):
+            stream._finish(lost)
+        self._streams.clear()
+        self._waiting_streams.clear()
+        if first and self._on_close is not None:
+            self._on_close(self.close_reason)
+
+    def _handle(self, frame: Frame) -> None:
+        ftype = frame.type
+        if ftype is FrameType.DATA:
+            self._handle_data(frame)
+        elif ftype is FrameType.WINDOW_UPDATE:
+            stream = self._streams.get(frame.stream_id)
+            if stream is not None:
+                stream._on_credit(frame.length)
+        elif ftype is FrameType.PING:
+            if frame.flags & Flag.ACK:
+                sent = self._ping_sent.pop(frame.length, None)
+                if sent is not None:
+                    self.rtt = self._clock.seconds() - sent
+            else:
+                self._send_frame(FrameType.PING, Flag.ACK, 0, length=frame.length)
+        elif ftype is FrameType.GO_AWAY:
+            code = _code_name(frame.length)
+            if not self.close_reason:
+                self.close_reason = f"peer closed the session ({code})"
+            self.transport.loseConnection()
+        elif ftype is FrameType.CONTROL:
+            try:
+                message = json.loads(frame.payload.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise FrameError(f"CONTROL frame is not JSON: {e}") from None
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise FrameError("CONTROL message must be an object with a 'type'")
+            if message["type"] == "goaway":
+                self.close_reason = str(message.get("reason", ""))[:MAX_REASON]
+            if self._on_control is not None:
+                self._on_control(message)
+
+    def _handle_data(self, frame: Frame) -> None:
+        flags = frame.flags
+        stream_id = frame.stream_id
+        if flags & Flag.SYN:
+            self._handle_syn(frame)
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if not flags & (Flag.RST | Flag.FIN):
+                self._send_frame(FrameType.DATA, Flag.RST, stream_id, b"unknown stream")
+            return
+        if flags & Flag.RST:
+            reason = frame.payload[:MAX_REASON].decode("utf-8", "replace") or "reset by peer"
+            self._fail_open(stream, reason)
+            stream._finish(Failure(ConnectionLost(reason)))
+            return
+        if flags & Flag.ACK:
+            pending = self._pending_opens.pop(stream_id, None)
+            if pending is not None:
+                d, timer = pending
+                if timer.active():
+                    timer.cancel()
+                stream._open = True
+                d.callback(stream)
+        if frame.payload:
+            if stream._full_close and stream._local_fin:
+                # Closed by us: the peer should stop; tell it once.
+                self._send_frame(FrameType.DATA, Flag.RST, stream_id, b"stream closed")
+                stream._forget()
+                return
+            stream._on_data(frame.payload)
+        if flags & Flag.FIN:
+            stream._on_remote_fin()
+
+    def _handle_syn(self, frame: Frame) -> None:
+        stream_id = frame.stream_id
+        if (stream_id % 2 == 1) == self._is_client:
+            raise FrameError(f"peer opened stream {stream_id} with our parity")
+        if stream_id in self._streams:
+            raise FrameError(f"peer reopened live stream {stream_id}")
+        try:
+            link = json.loads(frame.payload.decode("utf-8")) if frame.payload else {}
+        except (UnicodeDecodeError, ValueError) as e:
+            raise FrameError(f"stream {stream_id} link header is not JSON: {e}") from None
+        if not isinstance(link, dict):
+            raise FrameError(f"stream {stream_id} link header is not an object")
+        stream = MuxStream(self, stream_id, link)
+        self._streams[stream_id] = stream
+        if self._on_stream is None:
+            stream.reset("this side does not accept streams")
+        elif len(self._streams) > MAX_STREAMS:
+            stream.reset("too many streams on this bridge")
+        else:
+            self._on_stream(stream)
+
+    # -- output -------------------------------------------------------------
+
+    def _send_frame(
+        self, ftype: FrameType, flags: Flag | int, stream_id: int, payload: bytes = b"", length: int | None = None
+    ) -> None:
+        if self._closed:
+            return
+        self.transport.write(encode(ftype, flags, stream_id, payload, length))
+
+    def _send_data(self, stream: MuxStream, data: bytes) -> None:
+        if self._closed:
+            return
+        for counter in stream.counters:
+            counter.add_in(len(data))
+        self.transport.writeSequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
+
+    def _wait_for_bridge(self, stream: MuxStream) -> None:
+        self._waiting_streams.add(stream)
+
+    def _remove(self, stream: MuxStream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+        self._waiting_streams.discard(stream)
+        self._fail_open(stream, "stream closed")
+
+    def _fail_open(self, stream: MuxStream, reason: str) -> None:
+        pending = self._pending_opens.pop(stream.stream_id, None)
+        if pending is not None:
+            d, timer = pending
+            if timer.active():
+                timer.cancel()
+            d.errback(StreamRefused(reason))
+
+    def _cancel_open(self, stream: MuxStream, reason: str) -> None:
+        pending = self._pending_opens.pop(stream.stream_id, None)
+        if pending is None:
+            return
+        d, timer = pending
+        if timer.active():
+            timer.cancel()
+        stream.reset(reason)
+        if not d.called:
+            d.errback(StreamRefused(reason))
+
+    # -- IPushProducer for the bridge transport ----------------------------
+
+    def pauseProducing(self) -> None:
+        self._writes_paused = True
+
+    def resumeProducing(self) -> None:
+        self._writes_paused = False
+        waiting, self._waiting_streams = self._waiting_streams, set()
+        for stream in waiting:
+            stream._update_producer()
+            if self._writes_paused:
+                # Re-paused while resuming: the rest keep waiting.
+                self._waiting_streams.update(s for s in waiting if not s._finished)
+                break
+
+    def stopProducing(self) -> None:
+        self.connection_lost("bridge transport closed")
+
+    # -- keepalive --------------------------------------------------------
+
+    def _keepalive(self) -> None:
+        self._ping_call = None
+        if self._closed:
+            return
+        now = self._clock.seconds()
+        silent = now - self._last_received
+        if silent > self._idle_timeout:
+            self.log.warn("{name}: peer {peer} silent for {silent:.0f}s (timeout {timeout:.0f}s); closing",
+                          name=self._name, peer=self._peer_text(), silent=silent, timeout=self._idle_timeout)
+            self.close_reason = f"peer silent for {silent:.0f}s"
+            if hasattr(self.transport, "abortConnection"):
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+            self.connection_lost(self.close_reason)
+            return
+        self._ping_seq = (self._ping_seq + 1) & 0xFFFFFFFF
+        self._ping_sent = {k: v for k, v in self._ping_sent.items() if now - v < self._idle_timeout}
+        self._ping_sent[self._ping_seq] = now
+        self._send_frame(FrameType.PING, Flag.SYN, 0, length=self._ping_seq)
+        self._ping_call = self._clock.callLater(self._ping_interval, self._keepalive)
+
+    def _peer_text(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "peer"
+
+
+def _code_name(code: int) -> str:
+    try:
+        return GoAwayCode(code).name.lower()
+    except ValueError:
+        return f"code {code}"
+
+
+def _failed(error: Exception) -> Deferred[MuxStream]:
+    d: Deferred[MuxStream] = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,93 @@
+# -*- test-case-name: test.test_tcp_mode -*-
+"""The C{tcp} mode: a public TCP port on the server, a TCP target on the client side."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nps.addr import format_hostport, split_hostport
+from nps.interfaces import IProxyMode
+from nps.model import Tunnel
+from nps.relay import Relay, RelayFactory
+
+CONNECT_TIMEOUT = 10.0
+
+Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
+
+
+class PublicTcpProtocol(Relay):
+    """A user connection on the tunnel's public port; opens a stream to the client."""
+
+    log = Logger()
+    factory: "PublicTcpFactory"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.pauseProducing()
+        peer = self.transport.getPeer()
+        link = {
+            "mode": "tcp",
+            "target": self.factory.next_target(),
+            "remote": format_hostport(peer.host, peer.port),
+            "tunnel": self.factory.tunnel.id,
+        }
+        d = self.factory.opener(link).connect(RelayFactory(self))
+        d.addErrback(self._open_failed, link)
+
+    def _open_failed(self, failure: Failure, link: dict[str, Any]) -> None:
+        self.log.info("tunnel {tunnel}: {remote} -> {target} failed: {reason}",
+                      tunnel=self.factory.tunnel.id, remote=link["remote"], target=link["target"],
+                      reason=failure.getErrorMessage())
+        self.transport.loseConnection()
+
+
+class PublicTcpFactory(Factory):
+    protocol = PublicTcpProtocol  # type: ignore[assignment]
+
+    def __init__(self, tunnel: Tunnel, opener: Opener) -> None:
+        if not tunnel.targets:
+            raise ValueError(f"tcp tunnel {tunnel.id} has no target_addr")
+        self.tunnel = tunnel
+        self.opener = opener
+        self._targets = itertools.cycle(tunnel.targets)
+
+    def next_target(self) -> str:
+        """Round-robin over the tunnel's targets."""
+        return next(self._targets)
+
+
+@implementer(IPlugin, IProxyMode)
+class TcpMode:
+    name = "tcp"
+
+    def listen(self, reactor: Any, tunnel: Tunnel, opener: Opener) -> Deferred[IListeningPort]:
+        factory = PublicTcpFactory(tunnel, opener)
+        return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
+
+    def serve(self, reactor: Any, link: dict[str, Any]) -> Deferred[IProtocol]:
+        return connect_target(reactor, str(link.get("target", "")))
+
+
+def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
+    """Dial C{target} and return the stream-side half of a relay to it."""
+    try:
+        host, port = split_hostport(target)
+    except ValueError as e:
+        return fail(e)
+    stream_side = Relay()
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    d = endpoint.connect(RelayFactory(stream_side))
+    d.addCallback(lambda _: stream_side)
+    return d
+
+
+tcp = TcpMode()

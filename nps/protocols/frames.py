@@ -1,0 +1,160 @@
+# -*- test-case-name: test.test_frames -*-
+"""Sans-io framing of the bridge multiplexer.
+
+Every frame starts with a 12-byte header, all integers big-endian::
+
+    version:u8  type:u8  flags:u16  stream_id:u32  length:u32
+
+C{DATA} and C{CONTROL} frames carry C{length} payload bytes.  For
+C{WINDOW_UPDATE} the length is the credit granted, for C{PING} an opaque
+value echoed back, for C{GO_AWAY} a reason code; those carry no payload.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+
+import attrs
+
+VERSION = 1
+HEADER = struct.Struct("!BBHII")
+HEADER_SIZE = HEADER.size
+
+#: Largest payload a sender puts in one DATA frame.
+MAX_DATA_CHUNK = 64 * 1024
+#: Largest DATA payload a receiver accepts (a bigger one is a protocol error).
+MAX_DATA_FRAME = 256 * 1024
+#: Largest CONTROL payload (JSON control messages such as tunnel lists).
+MAX_CONTROL_FRAME = 1024 * 1024
+MAX_STREAM_ID = 2**32 - 1
+
+
+class FrameType(enum.IntEnum):
+    DATA = 0
+    WINDOW_UPDATE = 1
+    PING = 2
+    GO_AWAY = 3
+    CONTROL = 4
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    SYN = 1
+    ACK = 2
+    FIN = 4
+    RST = 8
+
+
+class GoAwayCode(enum.IntEnum):
+    NORMAL = 0
+    PROTOCOL_ERROR = 1
+    INTERNAL_ERROR = 2
+    REPLACED = 3
+    SHUTDOWN = 4
+    REJECTED = 5
+
+
+_KNOWN_FLAGS = int(Flag.SYN | Flag.ACK | Flag.FIN | Flag.RST)
+_PAYLOAD_TYPES = (FrameType.DATA, FrameType.CONTROL)
+
+
+class FrameError(Exception):
+    """The peer sent bytes that are not a valid frame; the session must end."""
+
+
+@attrs.frozen
+class Frame:
+    type: FrameType
+    flags: Flag
+    stream_id: int
+    length: int
+    payload: bytes = b""
+
+
+def encode(
+    type: FrameType, flags: Flag | int, stream_id: int, payload: bytes = b"", length: int | None = None
+) -> bytes:
+    """Serialise one frame.  C{length} defaults to C{len(payload)}."""
+    if length is None:
+        length = len(payload)
+    return HEADER.pack(VERSION, type, flags, stream_id, length) + payload
+
+
+def encode_header(type: FrameType, flags: Flag | int, stream_id: int, length: int) -> bytes:
+    """Just the header, for callers that send the payload separately (no copy)."""
+    return HEADER.pack(VERSION, type, flags, stream_id, length)
+
+
+class FrameParser:
+    """Incremental parser: C{feed(bytes)} returns the complete frames seen so far.
+
+    Keeps an offset into one buffer instead of re-slicing per frame, so
+    parsing many small frames stays linear.  After a L{FrameError} the parser
+    is poisoned and every further C{feed} raises again.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._error: FrameError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(buf)
+        try:
+            while end - offset >= HEADER_SIZE:
+                version, ftype, flags, stream_id, length = HEADER.unpack_from(buf, offset)
+                _check_header(version, ftype, flags, stream_id, length)
+                ftype = FrameType(ftype)
+                if ftype in _PAYLOAD_TYPES:
+                    if end - offset - HEADER_SIZE < length:
+                        break
+                    start = offset + HEADER_SIZE
+                    payload = bytes(buf[start : start + length])
+                    offset = start + length
+                else:
+                    payload = b""
+                    offset += HEADER_SIZE
+                frames.append(Frame(ftype, Flag(flags), stream_id, length, payload))
+        except FrameError as e:
+            self._error = e
+            buf.clear()
+            raise
+        if offset:
+            del buf[:offset]
+        return frames
+
+
+def _check_header(version: int, ftype: int, flags: int, stream_id: int, length: int) -> None:
+    if version != VERSION:
+        raise FrameError(f"unsupported frame version {version} (expected {VERSION})")
+    try:
+        kind = FrameType(ftype)
+    except ValueError:
+        raise FrameError(f"unknown frame type {ftype}") from None
+    if flags & ~_KNOWN_FLAGS:
+        raise FrameError(f"unknown flags 0x{flags:04x} on {kind.name} frame")
+    if kind is FrameType.DATA:
+        if length > MAX_DATA_FRAME:
+            raise FrameError(f"DATA frame of {length} bytes exceeds limit {MAX_DATA_FRAME}")
+        if stream_id == 0:
+            raise FrameError("DATA frame on stream 0")
+    elif kind is FrameType.CONTROL:
+        if length > MAX_CONTROL_FRAME:
+            raise FrameError(f"CONTROL frame of {length} bytes exceeds limit {MAX_CONTROL_FRAME}")
+        if stream_id != 0:
+            raise FrameError(f"CONTROL frame on stream {stream_id} (must be 0)")
+    elif kind is FrameType.WINDOW_UPDATE:
+        if stream_id == 0:
+            raise FrameError("WINDOW_UPDATE on stream 0")
+    elif stream_id != 0:
+        raise FrameError(f"{kind.name} frame on stream {stream_id} (must be 0)")

@@ -1,0 +1,208 @@
+# -*- test-case-name: test.test_handshake -*-
+"""Sans-io bridge handshake: versioned hello, then mutual vkey proof.
+
+Wire (all integers big-endian)::
+
+    C->S  MAGIC(8) version:u16 client_nonce(32)
+    S->C  MAGIC(8) version:u16 server_nonce(32)
+    C->S  len:u16 JSON {"kid", "proof", "version", "role", ...}
+    S->C  len:u16 JSON {"ok": true, "proof", ...} | {"ok": false, "error"}
+
+C{kid} is a one-way hash of the vkey used only to find the client record.
+C{proof} is HMAC-SHA256(vkey, label | client_nonce | server_nonce), so the
+key never crosses the wire and a recorded proof is useless against a fresh
+server nonce.  The server answers with its own proof, so the client knows it
+talks to a server that holds the same key.  Proofs are compared in constant
+time.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from typing import Any, Callable
+
+import attrs
+
+MAGIC = b"\x89NPSPY\r\n"
+NONCE_SIZE = 32
+HELLO = struct.Struct("!8sH32s")
+LENGTH = struct.Struct("!H")
+MAX_MESSAGE = 16 * 1024
+_CLIENT_LABEL = b"nps-bridge-client-proof-v1"
+_SERVER_LABEL = b"nps-bridge-server-proof-v1"
+
+
+class HandshakeError(Exception):
+    """The handshake failed; C{str()} is a message fit for the log."""
+
+
+@attrs.frozen
+class Authenticated:
+    """Handshake done.  C{message} is the peer's JSON message; C{rest} the bytes after it."""
+
+    message: dict[str, Any]
+    rest: bytes
+
+
+def key_id(vkey: str) -> str:
+    """The lookup id of a vkey: a truncated one-way hash, never the key."""
+    return hashlib.sha256(b"nps-kid\x00" + vkey.encode("utf-8")).hexdigest()[:32]
+
+
+def _proof(label: bytes, vkey: str, client_nonce: bytes, server_nonce: bytes) -> str:
+    return hmac.new(vkey.encode("utf-8"), label + client_nonce + server_nonce, hashlib.sha256).hexdigest()
+
+
+def _pack_message(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if len(body) > MAX_MESSAGE:
+        raise HandshakeError(f"handshake message too large ({len(body)} bytes)")
+    return LENGTH.pack(len(body)) + body
+
+
+class _Reader:
+    """Accumulates bytes and hands out fixed-size or length-prefixed pieces."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def take(self, n: int) -> bytes | None:
+        if len(self.buf) < n:
+            return None
+        piece, self.buf = self.buf[:n], self.buf[n:]
+        return piece
+
+    def take_message(self, what: str) -> dict[str, Any] | None:
+        if len(self.buf) < LENGTH.size:
+            return None
+        (size,) = LENGTH.unpack_from(self.buf)
+        if size > MAX_MESSAGE:
+            raise HandshakeError(f"{what} of {size} bytes exceeds limit {MAX_MESSAGE}")
+        raw = self.take(LENGTH.size + size)
+        if raw is None:
+            return None
+        try:
+            message = json.loads(raw[LENGTH.size :].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise HandshakeError(f"{what} is not valid JSON: {e}") from None
+        if not isinstance(message, dict):
+            raise HandshakeError(f"{what} is not a JSON object")
+        return message
+
+
+def _parse_hello(raw: bytes, version: int, who: str) -> bytes:
+    magic, peer_version, nonce = HELLO.unpack(raw)
+    if magic != MAGIC:
+        raise HandshakeError(f"{who} is not an nps bridge peer (bad magic {magic!r})")
+    if peer_version != version:
+        raise HandshakeError(f"{who} speaks bridge protocol version {peer_version}, we speak {version}")
+    return nonce
+
+
+class ClientHandshake:
+    """The npc side.  Send L{hello}, then C{feed} what the server sends."""
+
+    def __init__(self, vkey: str, version: int, info: dict[str, Any], nonce: bytes | None = None) -> None:
+        self._vkey = vkey
+        self._version = version
+        self._info = info
+        self._nonce = nonce or os.urandom(NONCE_SIZE)
+        self._server_nonce: bytes | None = None
+        self._reader = _Reader()
+
+    def hello(self) -> bytes:
+        return HELLO.pack(MAGIC, self._version, self._nonce)
+
+    def feed(self, data: bytes) -> tuple[bytes, Authenticated | None]:
+        """Returns (bytes to send, result once authenticated); raises L{HandshakeError}."""
+        self._reader.buf += data
+        out = b""
+        if self._server_nonce is None:
+            raw = self._reader.take(HELLO.size)
+            if raw is None:
+                return out, None
+            self._server_nonce = _parse_hello(raw, self._version, "server")
+            message = dict(self._info)
+            message["kid"] = key_id(self._vkey)
+            message["proof"] = _proof(_CLIENT_LABEL, self._vkey, self._nonce, self._server_nonce)
+            out = _pack_message(message)
+        reply = self._reader.take_message("server reply")
+        if reply is None:
+            return out, None
+        if reply.get("ok") is not True:
+            raise HandshakeError(f"server refused us: {reply.get('error', 'no reason given')}")
+        expected = _proof(_SERVER_LABEL, self._vkey, self._nonce, self._server_nonce)
+        if not hmac.compare_digest(str(reply.get("proof", "")), expected):
+            raise HandshakeError("server failed to prove it knows the vkey (wrong server?)")
+        return out, Authenticated(reply, self._reader.buf)
+
+
+#: Looks a key id up: returns the vkey, or None when unknown.
+KeyLookup = Callable[[str], "str | None"]
+
+
+class ServerHandshake:
+    """The nps side.  C{feed} client bytes; on L{Authenticated} call L{accept} or L{reject}."""
+
+    def __init__(self, version: int, lookup: KeyLookup, nonce: bytes | None = None) -> None:
+        self._version = version
+        self._lookup = lookup
+        self._nonce = nonce or os.urandom(NONCE_SIZE)
+        self._client_nonce: bytes | None = None
+        self._vkey: str | None = None
+        self._reader = _Reader()
+
+    def feed(self, data: bytes) -> tuple[bytes, Authenticated | None]:
+        """Returns (bytes to send, result once the client proved its key).
+
+        Raises L{HandshakeError} for anything else; the caller then sends
+        L{reject}'s bytes if the hello exchange got that far, and closes.
+        """
+        self._reader.buf += data
+        out = b""
+        if self._client_nonce is None:
+            if len(self._reader.buf) >= len(MAGIC) and not self._reader.buf.startswith(MAGIC):
+                raise HandshakeError(f"not an nps bridge client (first bytes {self._reader.buf[:8]!r})")
+            raw = self._reader.take(HELLO.size)
+            if raw is None:
+                return out, None
+            magic, peer_version, nonce = HELLO.unpack(raw)
+            out = HELLO.pack(MAGIC, self._version, self._nonce)
+            if peer_version != self._version:
+                self._client_nonce = nonce
+                raise HandshakeError(
+                    f"client speaks bridge protocol version {peer_version}, we speak {self._version}"
+                )
+            self._client_nonce = nonce
+        message = self._reader.take_message("client auth message")
+        if message is None:
+            return out, None
+        kid = message.get("kid")
+        proof = message.get("proof")
+        if not isinstance(kid, str) or not isinstance(proof, str):
+            raise HandshakeError("client auth message lacks kid/proof")
+        vkey = self._lookup(kid)
+        # Compute a proof even for an unknown key so timing does not tell.
+        expected = _proof(_CLIENT_LABEL, vkey or "\x00unknown", self._client_nonce, self._nonce)
+        if vkey is None or not hmac.compare_digest(proof, expected):
+            raise HandshakeError("wrong vkey")
+        self._vkey = vkey
+        return out, Authenticated(message, self._reader.buf)
+
+    @property
+    def hello_sent(self) -> bool:
+        """True once our hello went out (so a reject message can follow)."""
+        return self._client_nonce is not None
+
+    def accept(self, extra: dict[str, Any]) -> bytes:
+        assert self._vkey is not None and self._client_nonce is not None
+        reply = dict(extra)
+        reply["ok"] = True
+        reply["proof"] = _proof(_SERVER_LABEL, self._vkey, self._client_nonce, self._nonce)
+        return _pack_message(reply)
+
+    def reject(self, reason: str) -> bytes:
+        return _pack_message({"ok": False, "error": reason})

@@ -1,0 +1,100 @@
+# -*- test-case-name: test.test_relay -*-
+"""Splice two connections together with backpressure and half-close.
+
+A L{Relay} is the protocol on one side; its C{peer} is the L{Relay} on the
+other.  Once both are connected each transport is registered as the
+streaming producer of the other, so a full side pauses the reader of the
+opposite side and memory stays bounded.  A FIN on one side becomes a
+half-close on the other; a full close of either closes both.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+def tune_socket(transport: Any, keepalive: bool = False) -> None:
+    """TCP_NODELAY (and optionally SO_KEEPALIVE) on TCP transports; no-op otherwise."""
+    if ITCPTransport.providedBy(transport):
+        transport.setTcpNoDelay(True)
+        if keepalive:
+            transport.setTcpKeepAlive(True)
+
+
+@implementer(IHalfCloseableProtocol)
+class Relay(Protocol):
+    """One half of a relay; forwards bytes to C{peer.transport}."""
+
+    transport: Any
+    peer: "Relay | None" = None
+    joined = False
+    gone = False
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport)
+        peer = self.peer
+        if peer is None:
+            return
+        if peer.gone:
+            self.transport.loseConnection()
+        elif peer.transport is not None and peer.connected:
+            join(self, peer)
+
+    def dataReceived(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.gone:
+            peer.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        peer = self.peer
+        if peer is None or peer.gone or peer.transport is None:
+            self.transport.loseConnection()
+            return
+        lose_write = getattr(peer.transport, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+        else:
+            peer.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our write side was shut; nothing to do until reads end too."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone = True
+        self.connected = False
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.gone:
+            peer.transport.loseConnection()
+
+
+def join(a: Relay, b: Relay) -> None:
+    """Register each transport as the other's producer and start reading both."""
+    if a.joined:
+        return
+    a.joined = b.joined = True
+    ta: Any = a.transport
+    tb: Any = b.transport
+    ta.registerProducer(tb, True)
+    tb.registerProducer(ta, True)
+    for transport in (ta, tb):
+        resume = getattr(transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
+
+
+class RelayFactory(Factory):
+    """Builds the far half of a relay whose near half is C{peer}."""
+
+    def __init__(self, peer: Relay) -> None:
+        self._peer = peer
+
+    def buildProtocol(self, addr: Any) -> Relay:
+        relay = Relay()
+        relay.factory = self
+        relay.peer = self._peer
+        self._peer.peer = relay
+        return relay

@@ -1,0 +1,20 @@
+# -*- test-case-name: test.test_server -*-
+"""Cheap in-memory traffic counters, one per tunnel and per client."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define
+class TrafficCounter:
+    """Bytes through the tunnel: C{bytes_in} from users towards targets, C{bytes_out} back."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    connections: int = 0
+
+    def add_in(self, n: int) -> None:
+        self.bytes_in += n
+
+    def add_out(self, n: int) -> None:
+        self.bytes_out += n
