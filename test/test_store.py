@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -29,7 +33,18 @@ from nps.store import (
     schema_version,
 )
 
-reactor: IReactorCore = _reactor  # type: ignore[assignment]
+reactor: IReactorCore = _reactor
+
+
+def _temp_path(case: unittest.TestCase) -> str:
+    """
+    A fresh path under the system temp directory, removed after C{case}.
+    (trial's C{mktemp} is relative to the working directory, which under
+    pytest is the source tree.)
+    """
+    top = tempfile.mkdtemp(prefix="nps-test-")
+    case.addCleanup(shutil.rmtree, top, True)
+    return os.path.join(top, "data")
 
 
 @pytest.fixture
@@ -265,7 +280,7 @@ def test_bad_vkey(store: Store, vkey: str) -> None:
         ({"web_username": 5}, "must be a string"),
     ],
 )
-def test_bad_client_fields(store: Store, fields: dict[str, object], message: str) -> None:
+def test_bad_client_fields(store: Store, fields: dict[str, Any], message: str) -> None:
     """Unknown, runtime-only or wrongly typed client fields are refused with a clear message."""
     with pytest.raises(StoreError, match=message):
         store.add_client("x", **fields)
@@ -606,14 +621,14 @@ def test_normalize_target_bad(text: str) -> None:
 class AsyncStoreTests(unittest.TestCase):
     """L{AsyncStore} with the real reactor."""
 
-    def setUp(self) -> Deferred[None]:
-        self.data_dir = self.mktemp()
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
+        self.data_dir = _temp_path(self)
         self.store = AsyncStore(self.data_dir, reactor)
         self.addCleanup(self.store.stop)
         return self.store.start()
 
     @inlineCallbacks
-    def test_call_runs_off_reactor_thread(self):  # type: ignore[no-untyped-def]
+    def test_call_runs_off_reactor_thread(self) -> Generator[Deferred[Any], Any, None]:
         """Store methods run in a worker thread, never in the reactor's, and always the same one."""
         seen: list[threading.Thread] = []
 
@@ -630,7 +645,7 @@ class AsyncStoreTests(unittest.TestCase):
         self.assertIs(seen[0], seen[1])
 
     @inlineCallbacks
-    def test_calls_return_results(self):  # type: ignore[no-untyped-def]
+    def test_calls_return_results(self) -> Generator[Deferred[Any], Any, None]:
         """call() and the named helpers fire with the store's results."""
         client = yield self.store.call("add_client", "remote", vkey="k1")
         self.assertEqual(client.vkey, "k1")
@@ -652,7 +667,7 @@ class AsyncStoreTests(unittest.TestCase):
         self.assertFalse(snap.clients[0].online)
 
     @inlineCallbacks
-    def test_errors_propagate(self):  # type: ignore[no-untyped-def]
+    def test_errors_propagate(self) -> Generator[Deferred[Any], Any, None]:
         """A StoreError raised in the worker fails the Deferred with that error."""
         d = self.store.call("get_client", 7)
         yield self.assertFailure(d, StoreError)
@@ -669,7 +684,7 @@ class AsyncStoreTests(unittest.TestCase):
         return d1.addCallback(lambda _: d2).addCallback(lambda _: d3)
 
     @inlineCallbacks
-    def test_stop(self):  # type: ignore[no-untyped-def]
+    def test_stop(self) -> Generator[Deferred[Any], Any, None]:
         """After stop the thread is gone, calls fail, and stopping again is harmless."""
         yield self.store.call("add_client", "x")
         stopping = self.store.stop()
@@ -695,9 +710,9 @@ class AsyncStoreOpenFailureTests(unittest.TestCase):
     """Opening failures of L{AsyncStore}."""
 
     @inlineCallbacks
-    def test_open_failure(self):  # type: ignore[no-untyped-def]
+    def test_open_failure(self) -> Generator[Deferred[Any], Any, None]:
         """If the store cannot open, start() fails and calls report why."""
-        path = self.mktemp()
+        path = _temp_path(self)
         with open(path, "w") as f:
             f.write("not a directory")
         store = AsyncStore(path, reactor)
@@ -711,10 +726,10 @@ class AsyncStoreOpenFailureTests(unittest.TestCase):
             self.fail("call succeeded")
 
     @inlineCallbacks
-    def test_as_service(self):  # type: ignore[no-untyped-def]
+    def test_as_service(self) -> Generator[Deferred[Any], Any, None]:
         """AsyncStore starts and stops with a service tree."""
         parent = MultiService()
-        store = AsyncStore(self.mktemp(), reactor)
+        store = AsyncStore(_temp_path(self), reactor)
         store.setServiceParent(parent)
         parent.startService()
         client = yield store.call("add_client", "svc")
