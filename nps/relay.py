@@ -89,6 +89,7 @@ def join(a: Relay, b: Relay) -> None:
 class RelayFactory(Factory):
     """Builds the far half of a relay whose near half is C{peer}."""
 
+    noisy = False
     def __init__(self, peer: Relay) -> None:
         self._peer = peer
 

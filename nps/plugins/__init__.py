@@ -1,5 +1,5 @@
 """Proxy-mode plugins, found with C{getPlugins(IProxyMode, nps.plugins)}."""
 from twisted.plugin import pluginPackagePaths
 
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]
+__path__.extend(pluginPackagePaths(__name__))
 __all__: list[str] = []

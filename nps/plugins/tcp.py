@@ -14,7 +14,7 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nps.addr import format_hostport, split_hostport
+from nps.config import format_host_port, parse_host_port
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
 from nps.relay import Relay, RelayFactory
@@ -37,7 +37,7 @@ class PublicTcpProtocol(Relay):
         link = {
             "mode": "tcp",
             "target": self.factory.next_target(),
-            "remote": format_hostport(peer.host, peer.port),
+            "remote": format_host_port(peer.host, peer.port),
             "tunnel": self.factory.tunnel.id,
         }
         d = self.factory.opener(link).connect(RelayFactory(self))
@@ -51,6 +51,7 @@ class PublicTcpProtocol(Relay):
 
 
 class PublicTcpFactory(Factory):
+    noisy = False
     protocol = PublicTcpProtocol  # type: ignore[assignment]
 
     def __init__(self, tunnel: Tunnel, opener: Opener) -> None:
@@ -80,7 +81,7 @@ class TcpMode:
 def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
     """Dial C{target} and return the stream-side half of a relay to it."""
     try:
-        host, port = split_hostport(target)
+        host, port = parse_host_port(target)
     except ValueError as e:
         return fail(e)
     stream_side = Relay()

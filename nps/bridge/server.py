@@ -1,0 +1,135 @@
+# -*- test-case-name: test.test_bridge -*-
+"""The server end of the bridge: handshake, then a L{Mux} for the session."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from nps import PROTOCOL_VERSION
+from nps.config import format_host_port
+from nps.mux import Mux
+from nps.protocols.handshake import Authenticated, HandshakeError, ServerHandshake
+from nps.relay import tune_socket
+
+if TYPE_CHECKING:
+    from nps.server import ClientSession, NpsServer
+
+HANDSHAKE_TIMEOUT = 10.0
+#: Connections still in their handshake; more are refused at once.
+MAX_PENDING_HANDSHAKES = 256
+
+
+class SessionRejected(Exception):
+    """The server refuses an authenticated peer; C{str()} goes to the client."""
+
+
+class BridgeServerProtocol(Protocol):
+    """One npc connection on the bridge port."""
+
+    log = Logger()
+    factory: "BridgeServerFactory"
+    transport: Any
+    mux: Mux | None = None
+    session: "ClientSession | None" = None
+    _handshake: ServerHandshake | None = None
+    _timer: IDelayedCall | None = None
+
+    @property
+    def peer(self) -> str:
+        address = self.transport.getPeer()
+        return format_host_port(address.host, address.port)
+
+    def connectionMade(self) -> None:
+        tune_socket(self.transport, keepalive=True)
+        server = self.factory.server
+        if self.factory.pending >= MAX_PENDING_HANDSHAKES:
+            self.log.warn("bridge: too many unfinished handshakes; dropping {peer}", peer=self.peer)
+            self.transport.abortConnection()
+            return
+        self.factory.pending += 1
+        self._handshake = ServerHandshake(PROTOCOL_VERSION, server.lookup_key)
+        self._timer = self.factory.reactor.callLater(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+
+    def _end_handshake(self) -> None:
+        if self._handshake is not None:
+            self._handshake = None
+            self.factory.pending -= 1
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        self.log.warn("bridge: {peer} did not finish the handshake in {t:.0f}s; closing",
+                      peer=self.peer, t=HANDSHAKE_TIMEOUT)
+        self._end_handshake()
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.mux is not None:
+            self.mux.data_received(data)
+            return
+        handshake = self._handshake
+        if handshake is None:
+            return
+        try:
+            out, result = handshake.feed(data)
+        except HandshakeError as e:
+            self.log.warn("bridge: handshake from {peer} failed: {error}", peer=self.peer, error=str(e))
+            if handshake.hello_sent:
+                self.transport.write(handshake.reject(str(e)))
+            self._end_handshake()
+            self.transport.loseConnection()
+            return
+        if out:
+            self.transport.write(out)
+        if result is not None:
+            self._authenticated(handshake, result)
+
+    def _authenticated(self, handshake: ServerHandshake, result: Authenticated) -> None:
+        self._end_handshake()
+        server = self.factory.server
+        try:
+            session, extra = server.attach(self, result.message)
+        except SessionRejected as e:
+            self.log.warn("bridge: refused {peer}: {error}", peer=self.peer, error=str(e))
+            self.transport.write(handshake.reject(str(e)))
+            self.transport.loseConnection()
+            return
+        self.transport.write(handshake.accept(extra))
+        self.session = session
+        self.mux = Mux(
+            self.transport,
+            self.factory.reactor,
+            is_client=False,
+            on_stream=None,
+            on_control=lambda message: server.control_received(session, message),
+            on_close=lambda reason: None,
+            ping_interval=server.ping_interval,
+            idle_timeout=server.idle_timeout,
+            name=f"client {session.client_id}",
+        )
+        server.session_started(session)
+        if result.rest:
+            self.mux.data_received(result.rest)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._end_handshake()
+        if self.mux is not None:
+            self.mux.connection_lost(reason.getErrorMessage())
+        if self.session is not None:
+            self.factory.server.session_ended(self.session)
+
+
+class BridgeServerFactory(Factory):
+    noisy = False
+    protocol = BridgeServerProtocol  # type: ignore[assignment]
+
+    def __init__(self, server: "NpsServer", reactor: Any) -> None:
+        self.server = server
+        self.reactor = reactor
+        self.pending = 0

@@ -1,0 +1,78 @@
+# -*- test-case-name: test.test_cli -*-
+"""Run a service in the reactor from a console script, with logging and an exit code."""
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any, Callable, TextIO
+
+from twisted.application.service import IService
+from twisted.internet.error import CannotListenError
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+log = Logger()
+
+
+def nps_log_level(level: int) -> LogLevel:
+    """NPS's 0-7 scale (7 = debug) to a Twisted log level."""
+    if level >= 7:
+        return LogLevel.debug
+    if level >= 6:
+        return LogLevel.info
+    if level >= 4:
+        return LogLevel.warn
+    if level >= 2:
+        return LogLevel.error
+    return LogLevel.critical
+
+
+def begin_logging(level: LogLevel, out: TextIO = sys.stdout) -> None:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    observer = FilteringLogObserver(textFileLogObserver(out), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def raise_nofile_limit() -> None:
+    """Allow as many open sockets as the hard limit permits (tunnels hold two each)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], name: str) -> int:
+    """Build the service, start it, run the reactor until stopped; return the exit code."""
+    from twisted.internet import reactor
+
+    exit_code = [0]
+
+    def on_fatal(code: int, message: str) -> None:
+        log.critical("{name}: {message}", name=name, message=message)
+        exit_code[0] = code
+        if reactor.running:
+            reactor.callLater(0, reactor.stop)
+
+    raise_nofile_limit()
+    service = build(reactor, on_fatal)
+    try:
+        service.privilegedStartService()
+    except CannotListenError as e:
+        print(f"{name}: cannot listen on {e.interface or '0.0.0.0'}:{e.port}: {e.socketError}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"{name}: cannot start: {e}", file=sys.stderr)
+        return 1
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return exit_code[0]

@@ -1,0 +1,387 @@
+# -*- test-case-name: test.test_server -*-
+"""The nps server: client sessions, tunnels and their public listeners."""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nps import __version__
+from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
+from nps.config import ServerConfig, port_allowed
+from nps.model import ClientRecord, Tunnel
+from nps.mux import MuxStream
+from nps.protocols.frames import GoAwayCode
+from nps.protocols.handshake import key_id
+from nps.stats import TrafficCounter
+from nps.store import AsyncStore, Snapshot, Store
+
+PING_INTERVAL = 5.0
+STORE_POLL_INTERVAL = 1.0
+MAX_CONFIG_TUNNELS = 256
+
+
+class ClientOffline(Exception):
+    """The tunnel's client has no bridge session right now."""
+
+
+@attrs.define(eq=False)
+class ClientSession:
+    """One authenticated npc connection."""
+
+    client_id: int
+    remark: str
+    protocol: BridgeServerProtocol
+    remote: str
+    version: str
+    public: bool
+    config_tunnels: list[int] = attrs.field(factory=list)
+    started: float = attrs.field(factory=time.time)
+
+    @property
+    def mux(self) -> Any:
+        return self.protocol.mux
+
+
+@attrs.define(eq=False)
+class RunningTunnel:
+    tunnel: Tunnel
+    port: Any = None
+    counter: TrafficCounter = attrs.field(factory=TrafficCounter)
+
+
+@implementer(IStreamClientEndpoint)
+class StreamEndpoint:
+    """Opens a mux stream with C{link} to whichever session C{client_id} has now."""
+
+    def __init__(self, server: "NpsServer", client_id: int, link: dict[str, Any], counters: list[Any]) -> None:
+        self._server = server
+        self._client_id = client_id
+        self._link = link
+        self._counters = counters
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        session = self._server.sessions.get(self._client_id)
+        if session is None or session.mux is None:
+            return fail(ClientOffline(f"client {self._client_id} is offline"))
+        for counter in self._counters:
+            counter.connections += 1
+
+        def opened(stream: MuxStream) -> Any:
+            stream.counters.extend(self._counters)
+            protocol = protocolFactory.buildProtocol(stream.getPeer())
+            if protocol is None:
+                stream.reset("refused locally")
+                raise ConnectionError("factory refused the stream")
+            stream._attach(protocol)
+            return protocol
+
+        d: Deferred[MuxStream] = session.mux.open_stream(self._link)
+        return d.addCallback(opened)
+
+
+class NpsServer(MultiService):
+    """Everything C{nps} runs: bridge listener, store, tunnels."""
+
+    log = Logger()
+
+    def __init__(self, config: ServerConfig, reactor: Any, modes: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.modes = modes
+        self.ping_interval = PING_INTERVAL
+        self.idle_timeout = max(config.disconnect_timeout, 1) * PING_INTERVAL
+        self.store = AsyncStore(config.data_dir, reactor)
+        self.store.setServiceParent(self)
+        self.sessions: dict[int, ClientSession] = {}
+        self.tunnels: dict[int, RunningTunnel] = {}
+        self.client_counters: dict[int, TrafficCounter] = {}
+        self._clients: dict[int, ClientRecord] = {}
+        self._keys: dict[str, tuple[str, int | None]] = {}
+        self._revision = -1
+        self._ephemeral_ids = itertools.count(-1, -1)
+        self._bridge_port: Any = None
+        self._poller = LoopingCall(self._poll_store)
+        self._poller.clock = reactor
+        self._syncing = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind the bridge port now, so a busy port stops start-up with an error."""
+        store = Store(self.config.data_dir)
+        try:
+            store.mark_all_offline()
+            snapshot = store.snapshot()
+        finally:
+            store.close()
+        self._apply_clients(snapshot)
+        factory = BridgeServerFactory(self, self.reactor)
+        self._bridge_port = self.reactor.listenTCP(
+            self.config.bridge_port, factory, interface=self.config.bridge_ip
+        )
+        address = self._bridge_port.getHost()
+        self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
+                      host=address.host, port=address.port, v=__version__)
+        self._initial = snapshot
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self._sync_tunnels(self._initial)
+        self._revision = self._initial.revision
+        self._poller.start(STORE_POLL_INTERVAL, now=False)
+
+    @inlineCallbacks
+    def stopService(self):  # type: ignore[no-untyped-def]
+        if self._poller.running:
+            self._poller.stop()
+        if self._bridge_port is not None:
+            yield self._bridge_port.stopListening()
+        for session in list(self.sessions.values()):
+            if session.mux is not None:
+                session.mux.go_away(GoAwayCode.SHUTDOWN, "server shutting down")
+        for tunnel_id in list(self.tunnels):
+            yield self._close_tunnel(tunnel_id)
+        yield super().stopService()
+
+    @property
+    def bridge_address(self) -> Any:
+        return self._bridge_port.getHost()
+
+    # -- authentication ---------------------------------------------------------
+
+    def lookup_key(self, kid: str) -> str | None:
+        entry = self._keys.get(kid)
+        return entry[0] if entry else None
+
+    def attach(self, protocol: BridgeServerProtocol, message: dict[str, Any]) -> tuple[ClientSession, dict[str, Any]]:
+        """Called once a peer proved its key: bind it to a client record."""
+        vkey, client_id = self._keys[str(message["kid"])]
+        version = str(message.get("version", ""))[:64]
+        remark = str(message.get("remark", ""))[:128]
+        if client_id is None:
+            session = ClientSession(next(self._ephemeral_ids), remark or "public", protocol,
+                                    protocol.peer, version, public=True)
+        else:
+            client = self._clients[client_id]
+            if not client.enabled:
+                raise SessionRejected(f"client {client_id} is disabled on the server")
+            session = ClientSession(client_id, client.remark, protocol, protocol.peer, version, public=False)
+            old = self.sessions.get(client_id)
+            if old is not None:
+                self.log.info("client {id}: new connection from {new} replaces the one from {old}",
+                              id=client_id, new=protocol.peer, old=old.remote)
+                self._drop_session(old, GoAwayCode.REPLACED,
+                                   f"replaced by a newer connection with the same vkey from {protocol.peer}")
+        return session, {"client_id": session.client_id, "server_version": __version__,
+                         "ping_interval": self.ping_interval}
+
+    def session_started(self, session: ClientSession) -> None:
+        self.sessions[session.client_id] = session
+        self.client_counters.setdefault(session.client_id, TrafficCounter())
+        self.log.info("client {id} ({remark}) online from {remote}, npc {version}",
+                      id=session.client_id, remark=session.remark, remote=session.remote, version=session.version)
+        if not session.public:
+            self.store.call("set_client_online", session.client_id, True,
+                            remote_addr=session.remote, version=session.version).addErrback(self._store_failed)
+
+    def session_ended(self, session: ClientSession) -> None:
+        reason = session.mux.close_reason if session.mux is not None else "closed"
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+            if not session.public:
+                self.store.call("set_client_online", session.client_id, False,
+                                remote_addr=session.remote).addErrback(self._store_failed)
+        for tunnel_id in session.config_tunnels:
+            self._close_tunnel(tunnel_id)
+        session.config_tunnels.clear()
+        self.log.info("client {id} offline ({reason})", id=session.client_id, reason=reason)
+
+    def _drop_session(self, session: ClientSession, code: GoAwayCode, reason: str) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        for tunnel_id in session.config_tunnels:
+            self._close_tunnel(tunnel_id)
+        session.config_tunnels.clear()
+        if session.mux is not None:
+            session.mux.go_away(code, reason)
+        else:
+            session.protocol.transport.loseConnection()
+
+    # -- control messages ---------------------------------------------------------
+
+    def control_received(self, session: ClientSession, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "register":
+            self._register_tunnels(session, message.get("tunnels"))
+        elif kind != "goaway":
+            self.log.info("client {id}: ignoring control message {kind!r}", id=session.client_id, kind=kind)
+
+    def _register_tunnels(self, session: ClientSession, records: Any) -> None:
+        """Config-file mode: open the tunnels listed in the client's npc.conf."""
+        if session.mux is None:
+            return
+        if not session.public and not self._clients[session.client_id].config_conn_allow:
+            session.mux.send_control({"type": "registered", "results": [
+                {"ok": False, "error": "this client may not register tunnels from its config file"}]})
+            return
+        if not isinstance(records, list) or len(records) > MAX_CONFIG_TUNNELS:
+            session.mux.protocol_error("register message needs a list of at most "
+                                       f"{MAX_CONFIG_TUNNELS} tunnels")
+            return
+        remarks: list[str] = []
+        pending: list[Deferred[str | None]] = []
+        for record in records:
+            remarks.append(_remark(record))
+            try:
+                tunnel = Tunnel.from_wire(record)
+                tunnel = attrs.evolve(tunnel, id=next(self._ephemeral_ids), client_id=session.client_id)
+                self._check_tunnel(tunnel)
+            except ValueError as e:
+                pending.append(succeed(str(e)))
+                continue
+            session.config_tunnels.append(tunnel.id)
+            pending.append(self._open_tunnel(tunnel))
+
+        def report(errors: list[str | None]) -> None:
+            results = [{"remark": remark, "ok": error is None, "error": error or ""}
+                       for remark, error in zip(remarks, errors)]
+            if session.mux is not None:
+                session.mux.send_control({"type": "registered", "results": results})
+
+        gatherResults(pending).addCallback(report)
+
+    def _check_tunnel(self, tunnel: Tunnel) -> None:
+        if tunnel.mode not in self.modes:
+            raise ValueError(f"mode {tunnel.mode!r} is not supported by this server "
+                             f"(available: {', '.join(sorted(self.modes))})")
+        if tunnel.mode not in ("secret", "p2p"):
+            if not 0 < tunnel.server_port < 65536:
+                raise ValueError(f"server_port {tunnel.server_port} is not a port number")
+            if not port_allowed(tunnel.server_port, self.config.allow_ports):
+                raise ValueError(f"server_port {tunnel.server_port} is not in allow_ports")
+
+    # -- tunnels --------------------------------------------------------------------
+
+    def opener_for(self, running: RunningTunnel) -> Any:
+        tunnel = running.tunnel
+
+        def opener(link: dict[str, Any]) -> IStreamClientEndpoint:
+            counters = [running.counter, self.client_counters.setdefault(tunnel.client_id, TrafficCounter())]
+            return StreamEndpoint(self, tunnel.client_id, link, counters)
+
+        return opener
+
+    def _open_tunnel(self, tunnel: Tunnel) -> Deferred[str | None]:
+        """Start listening for C{tunnel}; fires with None or an error message."""
+        mode = self.modes.get(tunnel.mode)
+        if mode is None:
+            message = f"mode {tunnel.mode!r} is not supported yet"
+            self.log.warn("tunnel {id} ({remark}): {message}", id=tunnel.id, remark=tunnel.remark, message=message)
+            return succeed(message)
+        running = RunningTunnel(tunnel)
+        self.tunnels[tunnel.id] = running
+        try:
+            d = mode.listen(self.reactor, tunnel, self.opener_for(running))
+        except Exception as e:  # a mode's bad input, reported like a listen failure
+            d = fail(e)
+
+        def listening(port: Any) -> None:
+            if self.tunnels.get(tunnel.id) is not running:
+                port.stopListening()
+                return None
+            running.port = port
+            self.log.info("tunnel {id} ({remark}): {mode} {ip}:{port} -> client {client} {targets}",
+                          id=tunnel.id, remark=tunnel.remark, mode=tunnel.mode, ip=tunnel.server_ip,
+                          port=tunnel.server_port, client=tunnel.client_id, targets=",".join(tunnel.targets))
+            return None
+
+        def failed(failure: Any) -> str:
+            if self.tunnels.get(tunnel.id) is running:
+                del self.tunnels[tunnel.id]
+            message = f"cannot open {tunnel.mode} port {tunnel.server_ip}:{tunnel.server_port}: " \
+                      f"{failure.getErrorMessage()}"
+            self.log.error("tunnel {id} ({remark}): {message}", id=tunnel.id, remark=tunnel.remark, message=message)
+            return message
+
+        return d.addCallbacks(listening, failed)
+
+    def _close_tunnel(self, tunnel_id: int) -> Deferred[None]:
+        running = self.tunnels.pop(tunnel_id, None)
+        if running is None or running.port is None:
+            return succeed(None)
+        self.log.info("tunnel {id} ({remark}) closed", id=tunnel_id, remark=running.tunnel.remark)
+        return Deferred.fromCoroutine(_stop(running.port))
+
+    # -- store sync ---------------------------------------------------------------------
+
+    def _apply_clients(self, snapshot: Snapshot) -> None:
+        self._clients = {c.id: c for c in snapshot.clients}
+        keys: dict[str, tuple[str, int | None]] = {key_id(c.vkey): (c.vkey, c.id) for c in snapshot.clients}
+        if self.config.public_vkey:
+            keys[key_id(self.config.public_vkey)] = (self.config.public_vkey, None)
+        self._keys = keys
+        for client_id, session in list(self.sessions.items()):
+            if session.public:
+                continue
+            client = self._clients.get(client_id)
+            if client is None:
+                self._drop_session(session, GoAwayCode.REJECTED, "client deleted on the server")
+            elif not client.enabled:
+                self._drop_session(session, GoAwayCode.REJECTED, "client disabled on the server")
+
+    def _sync_tunnels(self, snapshot: Snapshot) -> None:
+        wanted = {t.id: t for t in snapshot.tunnels if t.enabled and t.client_id in self._clients}
+        for tunnel_id, running in list(self.tunnels.items()):
+            if tunnel_id < 0:
+                continue  # config-file tunnels belong to their session
+            if wanted.get(tunnel_id) != running.tunnel:
+                self._close_tunnel(tunnel_id)
+        for tunnel_id, tunnel in wanted.items():
+            if tunnel_id not in self.tunnels:
+                self._open_tunnel(tunnel)
+
+    def _poll_store(self) -> Deferred[None] | None:
+        if self._syncing:
+            return None
+        self._syncing = True
+
+        def check(revision: int) -> Any:
+            if revision == self._revision:
+                return None
+            return self.store.call("snapshot").addCallback(apply)
+
+        def apply(snapshot: Snapshot) -> None:
+            self.log.info("store revision {old} -> {new}: applying changes", old=self._revision, new=snapshot.revision)
+            self._revision = snapshot.revision
+            self._apply_clients(snapshot)
+            self._sync_tunnels(snapshot)
+
+        def done(result: Any) -> None:
+            self._syncing = False
+
+        d = self.store.call("revision").addCallback(check).addErrback(self._store_failed)
+        d.addBoth(done)
+        return None
+
+    def _store_failed(self, failure: Any) -> None:
+        self.log.failure("store operation failed", failure)
+
+
+async def _stop(port: Any) -> None:
+    await port.stopListening()
+
+
+def _remark(record: Any) -> str:
+    return str(record.get("remark", "")) if isinstance(record, dict) else ""

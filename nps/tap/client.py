@@ -1,0 +1,122 @@
+# -*- test-case-name: test.test_tap -*-
+"""C{twistd npc}: options and service for the client."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import attrs
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
+from nps.model import Tunnel
+
+log = Logger()
+
+
+@attrs.frozen
+class ClientSettings:
+    """What npc runs with, from flags or from an npc.conf."""
+
+    server_host: str
+    server_port: int
+    vkey: str
+    common: CommonConfig
+    tunnels: tuple[Tunnel, ...] = ()
+    warnings: tuple[str, ...] = ()
+    config_path: str | None = None
+
+
+def tunnels_from_config(config: ClientConfig) -> tuple[Tunnel, ...]:
+    """One L{Tunnel} per public port of each npc.conf tunnel section."""
+    tunnels = []
+    for section in config.tunnels:
+        options = {"multi_account": section.multi_account} if section.multi_account else {}
+        for remark, port, targets in section.expand():
+            tunnels.append(Tunnel(id=0, client_id=0, mode=section.mode, server_port=port,
+                                  server_ip=section.server_ip, targets=targets, remark=remark,
+                                  password=section.password, local_path=section.local_path,
+                                  strip_pre=section.strip_pre, options=options))
+    return tuple(tunnels)
+
+
+class Options(usage.Options):
+    synopsis = "[--server HOST:PORT --vkey KEY | --config npc.conf]"
+    longdesc = "Run the npc client: connect to an nps server and serve its tunnels."
+    optParameters = [
+        ["config", "c", None, "Path to npc.conf (config-file mode)."],
+        ["server", "s", None, "Server bridge address HOST:PORT (no-config mode; env NPC_SERVER_ADDR)."],
+        ["vkey", "k", None, "Client key (env NPC_SERVER_VKEY)."],
+        ["type", "t", "tcp", "Bridge transport: tcp (kcp not supported yet)."],
+        ["disconnect_timeout", None, None, "Ping-miss threshold in 5 s ticks (default 60)."],
+        ["remark", None, "", "A name for this client, shown in the server's logs."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = self._settings()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _settings(self) -> ClientSettings:
+        server = self["server"] or os.environ.get("NPC_SERVER_ADDR", "")
+        vkey = self["vkey"] or os.environ.get("NPC_SERVER_VKEY", "")
+        warnings: list[str] = []
+        if self["type"] != "tcp":
+            warnings.append(f"bridge type {self['type']!r} is not supported yet; using tcp")
+        config_path = self["config"]
+        if not (server and vkey) and not config_path and os.path.exists("conf/npc.conf"):
+            config_path = "conf/npc.conf"
+        if config_path and not (self["server"] and self["vkey"]):
+            config = load_client_config(config_path)
+            common = config.common
+            warnings.extend(config.warnings)
+            server = self["server"] or common.server_addr
+            vkey = self["vkey"] or common.vkey
+            tunnels = tunnels_from_config(config)
+        else:
+            common = CommonConfig(server_addr=server, vkey=vkey)
+            tunnels = ()
+            config_path = None
+        if self["disconnect_timeout"] is not None:
+            try:
+                common = attrs.evolve(common, disconnect_timeout=int(self["disconnect_timeout"]))
+            except ValueError:
+                raise usage.UsageError("-disconnect_timeout must be a whole number") from None
+        if self["remark"]:
+            common = attrs.evolve(common, remark=self["remark"])
+        where = config_path or "command line"
+        if not server:
+            raise usage.UsageError(f"{where}: no server address (give -server=HOST:PORT or server_addr=)")
+        if not vkey:
+            raise usage.UsageError(f"{where}: no vkey (give -vkey=KEY or vkey=)")
+        try:
+            host, port = parse_host_port(server)
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: server address: {e}") from None
+        return ClientSettings(host, port, vkey, common, tunnels, tuple(warnings), config_path)
+
+
+def makeService(options: Options, reactor: Any = None,
+                on_fatal: Callable[[int, str], None] | None = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from nps.client import NpcService
+    from nps.modes import load_modes
+    from nps.tap.server import log_config_warnings
+
+    settings: ClientSettings = options["settings"]
+    log_config_warnings(settings.warnings)
+    if on_fatal is None:
+        def on_fatal(code: int, message: str) -> None:
+            log.critical("{message}", message=message)
+            reactor.callLater(0, reactor.stop)
+    common = settings.common
+    auto_reconnect = True if common.auto_reconnection is None else common.auto_reconnection
+    return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, load_modes(),
+                      tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
+                      disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal)
