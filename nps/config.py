@@ -266,6 +266,8 @@ def parse_host_port(text: str, default_host: str | None = None) -> tuple[str, in
         port_text = rest[1:]
     else:
         colons = text.count(":")
+        if colons == 0 and _DIGITS.fullmatch(text) is not None:
+            raise ValueError(f"missing host in {text!r} (expected host:port)")
         if colons == 0:
             raise ValueError(f"missing port in {text!r} (expected host:port)")
         if colons > 1:
