@@ -522,6 +522,9 @@ def run_all(names: list[str], t: Targets, st: Settings) -> list[Path_]:
         paths.append(p)
     live = [p for p in paths if not p.error]
     try:
+        # Memory first, on fresh processes: after iperf3 and wrk, allocators
+        # keep freed memory around and the delta would look smaller than it is.
+        per_path([p for p in live if p.rss_pids], "rss", lambda p: measure_idle_rss(p, st))
         print("[bench] round trips (interleaved)", file=sys.stderr, flush=True)
         interleaved_rtt(check_alive(live), st)
         print("[bench] new connections (interleaved)", file=sys.stderr, flush=True)
@@ -532,7 +535,6 @@ def run_all(names: list[str], t: Targets, st: Settings) -> list[Path_]:
                     p.notes.append(f"{LABELS[p.name]} {key[:-6]}: {p.results[key]}")
         per_path(live, "iperf", lambda p: measure_iperf(p.ports["iperf"], st))
         per_path(live, "wrk", lambda p: measure_wrk(p.ports["http"], st))
-        per_path([p for p in live if p.rss_pids], "rss", lambda p: measure_idle_rss(p, st))
         check_alive(live)
     finally:
         for p in paths:
