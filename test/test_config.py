@@ -1474,6 +1474,42 @@ def test_random_unicode_only_raises_config_error(text: str) -> None:
             pass
 
 
+_TOKENS = list("[]=#;{}.:-,\n\r 09aZ_\x00\u3000é*/") + [
+    "mode",
+    "host",
+    "secret",
+    "p2p",
+    "health",
+    "common",
+    "tcp",
+    "udp",
+    "{{.X}}",
+    "server_port",
+    "target_port",
+    "target_addr",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=120).map("".join))
+def test_random_tokens_only_raise_config_error(text: str) -> None:
+    """
+    Text built from the syntax's own characters and words either parses
+    (and every tunnel expands) or raises ConfigError.
+    """
+    try:
+        config = parse_client_config(text, "x.conf", {"X": "1"})
+    except ConfigError:
+        pass
+    else:
+        for tunnel in config.tunnels:
+            tunnel.expand()
+    try:
+        parse_server_config(text, "x.conf")
+    except ConfigError:
+        pass
+
+
 def test_no_environment_leak_in_defaults() -> None:
     """
     L{ServerConfig} defaults do not depend on the environment or CWD.
