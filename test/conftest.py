@@ -35,7 +35,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed:
+        seen = set()
         for proc in getattr(item, "_support_procs", []):
+            if proc.log_path in seen:  # a restarted server appends to the same log
+                continue
+            seen.add(proc.log_path)
             report.sections.append(
                 (f"log of {proc.name} (pid {proc.pid}, rc {proc.poll()}): {proc.log_path}",
                  "$ " + " ".join(proc.argv) + "\n" + proc.log_tail(60))
@@ -123,7 +127,8 @@ def nps_server(
     """
     Factory: C{nps_server(public_vkey=None, extra=None, *, use_twistd=False,
     start=True, env=None) -> NpsServer}. The server is started and its bridge
-    port is open unless C{start=False}; all are stopped at teardown.
+    port is open unless C{start=False} (then call C{.start()} yourself, e.g.
+    after C{.add_client()}/C{.add_tunnel()}); all are stopped at teardown.
     """
     servers: list[Any] = []
 
@@ -136,19 +141,13 @@ def nps_server(
         env: Mapping[str, str] | None = None,
     ) -> Any:
         server = support.NpsServer(
-            tmp_path_factory.mktemp("nps"), public_vkey, extra, use_twistd=use_twistd, env=env
+            tmp_path_factory.mktemp("nps"), public_vkey, extra, use_twistd=use_twistd, env=env,
+            on_proc=lambda proc: _track(request, proc),
         )
         servers.append(server)
         if start:
-            _start_tracked(server)
-        return server
-
-    def _start_tracked(server: Any) -> None:
-        try:
             server.start()
-        finally:
-            if server.proc is not None:
-                _track(request, server.proc)
+        return server
 
     yield _make
     for server in reversed(servers):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import os
 import re
 import shutil
@@ -21,9 +22,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 __all__ = [
     "REPO",
@@ -37,6 +39,7 @@ __all__ = [
     "SSHD",
     "HTTPBackend",
     "NpsServer",
+    "NewClient",
     "render_nps_conf",
     "render_npc_conf",
     "start_npc",
@@ -196,7 +199,9 @@ class Proc:
                 env=full_env,
                 cwd=None if cwd is None else str(cwd),
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                # The kernel sends PDEATHSIG when the *thread* that forked
+                # exits, so only children of the main thread get it.
+                preexec_fn=_child_setup if threading.current_thread() is threading.main_thread() else None,
             )
         _LIVE.add(self)
 
@@ -543,6 +548,7 @@ def render_npc_conf(
 
 
 _VKEY_RE = re.compile(r"-vkey=(\S+)")
+_CLIENT_ID_RE = re.compile(r"\bclient (\d+)\b", re.IGNORECASE)
 
 
 class NpsServer:
@@ -563,8 +569,14 @@ class NpsServer:
         use_twistd: bool = False,
         env: Mapping[str, str] | None = None,
         name: str = "nps",
+        on_proc: Callable[[Proc], object] | None = None,
     ) -> None:
+        """
+        @param on_proc: called with each server L{Proc} started (by L{start}
+            and L{restart}); the fixtures use it to attach logs to failures.
+        """
         self.workdir = Path(workdir)
+        self.on_proc = on_proc
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.bridge_port = free_port()
@@ -607,6 +619,8 @@ class NpsServer:
         else:
             argv = self.argv()
         self.proc = Proc(argv, self.log_path, env=self.env, cwd=self.workdir, name=self.name)
+        if self.on_proc is not None:
+            self.on_proc(self.proc)
         if wait:
             wait_for_port("127.0.0.1", self.bridge_port, timeout, proc=self.proc)
         return self
@@ -642,18 +656,55 @@ class NpsServer:
             env={**os.environ, **self.env},
         )
 
-    def add_client(self, remark: str = "test") -> str:
+    def add_client(self, remark: str = "test", *args: str) -> "NewClient":
         """
-        C{client add --remark REMARK}; returns the vkey from the printed
-        C{npc -server=... -vkey=KEY ...} line.
+        C{client add --remark REMARK *args}; parses the printed
+        C{npc -server=... -vkey=KEY -type=...} line.
         """
-        res = self.admin("client", "add", "--remark", remark)
-        m = _VKEY_RE.search(res.stdout)
-        if res.returncode != 0 or m is None:
+        res = self.admin("client", "add", "--remark", remark, *args)
+        line = next((l for l in res.stdout.splitlines() if _VKEY_RE.search(l) and "-server=" in l), None)
+        if res.returncode != 0 or line is None:
             raise RuntimeError(
                 f"nps client add failed (rc={res.returncode}):\n{res.stdout}\n{res.stderr}"
             )
-        return m.group(1)
+        m = _VKEY_RE.search(line)
+        assert m is not None
+        ident = _CLIENT_ID_RE.search(res.stdout)
+        return NewClient(
+            id=int(ident.group(1)) if ident else None,
+            vkey=m.group(1),
+            npc_args=[a for a in line.split() if a.startswith("-")],
+        )
+
+    def add_tunnel(
+        self, client_id: int, port: int, target: str, *args: str, mode: str = "tcp",
+        server_ip: str | None = "127.0.0.1",
+    ) -> subprocess.CompletedProcess[str]:
+        """
+        C{tunnel add --client ID --mode MODE --port PORT --target TARGET
+        [--server-ip IP] *args}; raises if it fails. Listens on loopback
+        unless C{server_ip=None}.
+        """
+        argv = ["tunnel", "add", "--client", str(client_id), "--mode", mode,
+                "--port", str(port), "--target", target]
+        if server_ip is not None:
+            argv += ["--server-ip", server_ip]
+        res = self.admin(*argv, *args)
+        if res.returncode != 0:
+            raise RuntimeError(f"nps tunnel add failed (rc={res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+
+@dataclasses.dataclass
+class NewClient:
+    """
+    What C{nps client add} printed: the id (when shown), the vkey and the
+    arguments of the ready-made npc command (C{-server=... -vkey=... -type=tcp}).
+    """
+
+    id: int | None
+    vkey: str
+    npc_args: list[str]
 
 
 def start_npc(

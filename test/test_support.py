@@ -177,3 +177,73 @@ def test_http_backend_serves_known_file(http_backend: Any) -> None:
         timeout=120,
     )
     assert res.stdout == http_backend.files["big.bin"]
+
+
+@pytest.mark.e2e
+def test_nps_fixtures_ssh_through_admin_tunnel(
+    nps_server: Callable[..., Any], npc_client: Callable[..., support.Proc], sshd: Any
+) -> None:
+    """
+    The nps_server and npc_client fixtures run the real commands: a client and
+    a tcp tunnel added with the admin CLI carry an ssh session to the sshd
+    fixture (npc started as C{npc -server= -vkey= -type=tcp}).
+    """
+    server = nps_server(extra={"disconnect_timeout": 2}, start=False)
+    client = server.add_client("e2e")
+    assert client.vkey and any(a.startswith("-server=") for a in client.npc_args)
+    port = support.free_port()
+    server.add_tunnel(client.id or 1, port, f"127.0.0.1:{sshd.port}")
+    server.start()
+    npc = npc_client(*client.npc_args)
+    support.wait_for_log(npc, "connected to server")
+    support.wait_for_port("127.0.0.1", port, proc=npc)
+    res = subprocess.run(
+        sshd.ssh_cmd(port=port) + ["echo", "through-nps"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "through-nps"
+
+
+@pytest.mark.e2e
+def test_nps_fixtures_public_vkey_config_mode(
+    nps_server: Callable[..., Any], npc_client: Callable[..., support.Proc], http_backend: Any
+) -> None:
+    """
+    With public_vkey on the server, an npc.conf [tcp] section opens its
+    server_port, and a 1 MiB file crosses the tunnel intact (curl).
+    """
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (apt-get install curl)")
+    server = nps_server(public_vkey="fixture-public-key")
+    port = support.free_port()
+    conf = support.render_npc_conf(
+        server.bridge_addr, "fixture-public-key",
+        {"web": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": port,
+                 "target_addr": f"127.0.0.1:{http_backend.port}"}},
+    )
+    npc = npc_client(conf=conf)
+    support.wait_for_port("127.0.0.1", port, proc=npc)
+    res = subprocess.run(
+        ["curl", "-sS", "--fail", "--max-time", "60", http_backend.url("big.bin", port=port)],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == http_backend.files["big.bin"]
+
+
+@pytest.mark.e2e
+def test_nps_server_restart_keeps_data_dir(nps_server: Callable[..., Any]) -> None:
+    """
+    restart() brings the server back on the same bridge port with the same
+    store: a client added before the restart is still listed after it.
+    """
+    server = nps_server()
+    server.add_client("survivor")
+    first_pid = server.proc.pid
+    server.restart()
+    assert server.proc.pid != first_pid
+    support.wait_for_port("127.0.0.1", server.bridge_port, proc=server.proc)
+    listing = server.admin("client", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "survivor" in listing.stdout
