@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Sequence
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
@@ -54,26 +56,66 @@ class NpcService(MultiService):
         self._on_fatal = on_fatal
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
-        endpoint = HostnameEndpoint(reactor, server_host, server_port, timeout=CONNECT_TIMEOUT)
-        self._client_service = ClientService(
-            endpoint,
-            BridgeClientFactory(self, reactor),
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay, factor=2.0,
-                                      jitter=random.random),
-            clock=reactor,
-            prepareConnection=self._prepare,
-        )
-        self._client_service.setServiceParent(self)
+        self._pending_fatal: tuple[int, str] | None = None
+        self._endpoint = HostnameEndpoint(reactor, server_host, server_port, timeout=CONNECT_TIMEOUT)
+        self._factory = BridgeClientFactory(self, reactor)
+        self._retry_delay = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay, factor=2.0,
+                                          jitter=random.random)
+        self._failures = 0
+        self._attempt: Deferred[Any] | None = None
+        self._retry_call: IDelayedCall | None = None
+
+    # -- connection loop ---------------------------------------------------------
+    # Our own loop rather than ClientService: ClientService raises NoTransition when a
+    # connection rejected by prepareConnection later closes (Twisted 24-26).
 
     def startService(self) -> None:
         self.log.info("npc connecting to {server}", server=self.server)
         super().startService()
+        self._connect()
 
-    def _prepare(self, protocol: Any) -> Any:
-        return protocol.ready.addCallbacks(self._connected, self._refused)
+    def stopService(self) -> Any:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self.current is not None:
+            self.current.transport.loseConnection()
+        return super().stopService()
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        if not self.running:
+            return
+        d = self._endpoint.connect(self._factory)
+        self._attempt = d
+
+        def connected(protocol: BridgeClientProtocol) -> Any:
+            self._attempt = None
+            return protocol.ready.addCallbacks(self._connected, self._refused)
+
+        def unreachable(failure: Failure) -> None:
+            self._attempt = None
+            if self.running:
+                self.log.warn("cannot reach server {server}: {message}", server=self.server,
+                              message=failure.getErrorMessage())
+                self._schedule_retry()
+
+        d.addCallbacks(connected, unreachable)
+        d.addErrback(lambda f: None)
+
+    def _schedule_retry(self) -> None:
+        if not self.running or self._retry_call is not None or self._pending_fatal is not None:
+            return
+        self._failures += 1
+        delay = self._retry_delay(self._failures)
+        self.log.info("retrying {server} in {delay:.1f}s", server=self.server, delay=delay)
+        self._retry_call = self.reactor.callLater(delay, self._connect)
 
     def _connected(self, protocol: BridgeClientProtocol) -> BridgeClientProtocol:
         self.connected_once = True
+        self._failures = 0
         self.current = protocol
         welcome = protocol.welcome
         self.log.info("connected to server {server} as client {id} (server {version})",
@@ -82,33 +124,43 @@ class NpcService(MultiService):
             protocol.mux.send_control({"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]})
         return protocol
 
-    def _refused(self, failure: Failure) -> Failure:
+    def _refused(self, failure: Failure) -> None:
         error = failure.value
         if isinstance(error, BridgeRefused):
             message = str(error)
             self.log.error("server {server} refused the connection: {message}", server=self.server, message=message)
             if not self.connected_once and ("refused us" in message or "protocol version" in message
                                             or "prove" in message):
-                self._fatal(1, f"cannot log in to {self.server}: {message}")
-        else:
-            self.log.warn("cannot reach server {server}: {message}", server=self.server,
-                          message=failure.getErrorMessage())
-        return failure
+                # Stop once this connection has closed (see bridge_closed).
+                self._pending_fatal = (1, f"cannot log in to {self.server}: {message}")
+        return None
+
+    def bridge_closed(self, protocol: BridgeClientProtocol) -> None:
+        """Any bridge connection ended (before or after its handshake)."""
+        if self._pending_fatal is not None:
+            code, message = self._pending_fatal
+            self._pending_fatal = None
+            self._fatal(code, message)
+        elif self.current is None or self.current is protocol:
+            self.current = None
+            self._schedule_retry()
 
     def session_lost(self, protocol: BridgeClientProtocol, reason: str) -> None:
         if self.current is protocol:
             self.current = None
         self.log.warn("disconnected from server {server}: {reason}", server=self.server, reason=reason)
         if "replaced by a newer connection" in reason:
-            self._fatal(1, f"another npc logged in with the same vkey; stopping ({reason})")
+            self._pending_fatal = (1, f"another npc logged in with the same vkey; stopping ({reason})")
         elif not self.auto_reconnect:
-            self._fatal(1, "connection lost and auto_reconnection=false; stopping")
-        else:
-            self.log.info("reconnecting to {server} (backoff with jitter)", server=self.server)
+            self._pending_fatal = (1, "connection lost and auto_reconnection=false; stopping")
 
     def _fatal(self, code: int, message: str) -> None:
+        # Often called from connectionLost: act on the next turn, once the connection is gone.
+        self.reactor.callLater(0, self._stop_for_good, code, message)
+
+    def _stop_for_good(self, code: int, message: str) -> None:
         if self.running:
-            self.reactor.callLater(0, self._client_service.stopService)
+            self.stopService()
         if self._on_fatal is not None:
             self._on_fatal(code, message)
         else:

@@ -113,7 +113,8 @@ class NpsServer(MultiService):
         self._bridge_port: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
-        self._syncing = False
+        self._sync: Deferred[Any] | None = None
+        self._sync_waiters: list[Deferred[None]] = []
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -352,28 +353,35 @@ class NpsServer(MultiService):
             if tunnel_id not in self.tunnels:
                 self._open_tunnel(tunnel)
 
-    def _poll_store(self) -> Deferred[None] | None:
-        if self._syncing:
-            return None
-        self._syncing = True
+    def _poll_store(self) -> None:
+        self.refresh()
 
-        def check(revision: int) -> Any:
-            if revision == self._revision:
-                return None
-            return self.store.call("snapshot").addCallback(apply)
+    def refresh(self) -> Deferred[None]:
+        """Apply the store's changes now (coalesced); fires when done."""
+        waiter: Deferred[None] = Deferred()
+        self._sync_waiters.append(waiter)
+        if self._sync is None:
+            def check(revision: int) -> Any:
+                if revision == self._revision:
+                    return None
+                return self.store.call("snapshot").addCallback(apply)
 
-        def apply(snapshot: Snapshot) -> None:
-            self.log.info("store revision {old} -> {new}: applying changes", old=self._revision, new=snapshot.revision)
-            self._revision = snapshot.revision
-            self._apply_clients(snapshot)
-            self._sync_tunnels(snapshot)
+            def apply(snapshot: Snapshot) -> None:
+                self.log.info("store revision {old} -> {new}: applying changes",
+                              old=self._revision, new=snapshot.revision)
+                self._revision = snapshot.revision
+                self._apply_clients(snapshot)
+                self._sync_tunnels(snapshot)
 
-        def done(result: Any) -> None:
-            self._syncing = False
+            self._sync = self.store.call("revision").addCallback(check).addErrback(self._store_failed)
+            self._sync.addBoth(self._sync_done)
+        return waiter
 
-        d = self.store.call("revision").addCallback(check).addErrback(self._store_failed)
-        d.addBoth(done)
-        return None
+    def _sync_done(self, _: Any) -> None:
+        self._sync = None
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _store_failed(self, failure: Any) -> None:
         self.log.failure("store operation failed", failure)

@@ -102,6 +102,7 @@ class BridgeClientProtocol(Protocol):
         if self.mux is not None:
             self.mux.connection_lost(reason.getErrorMessage())
             self.factory.service.session_lost(self, self.mux.close_reason)
+        self.factory.service.bridge_closed(self)
 
     _timer: Any = None
 

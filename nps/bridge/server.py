@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from nps import PROTOCOL_VERSION
 from nps.config import format_host_port
 from nps.mux import Mux
-from nps.protocols.handshake import Authenticated, HandshakeError, ServerHandshake
+from nps.protocols.handshake import Authenticated, HandshakeError, ServerHandshake, UnknownKey
 from nps.relay import tune_socket
 
 if TYPE_CHECKING:
@@ -78,17 +78,36 @@ class BridgeServerProtocol(Protocol):
             return
         try:
             out, result = handshake.feed(data)
+        except UnknownKey:
+            # Maybe a client added a moment ago by another process: look again once.
+            self.transport.pauseProducing()
+            self.factory.server.refresh().addBoth(lambda _: self._retry(handshake))
+            return
         except HandshakeError as e:
-            self.log.warn("bridge: handshake from {peer} failed: {error}", peer=self.peer, error=str(e))
-            if handshake.hello_sent:
-                self.transport.write(handshake.reject(str(e)))
-            self._end_handshake()
-            self.transport.loseConnection()
+            self._handshake_failed(handshake, e)
             return
         if out:
             self.transport.write(out)
         if result is not None:
             self._authenticated(handshake, result)
+
+    def _retry(self, handshake: ServerHandshake) -> None:
+        if self._handshake is not handshake or not self.connected:
+            return
+        self.transport.resumeProducing()
+        try:
+            result = handshake.retry()
+        except HandshakeError as e:
+            self._handshake_failed(handshake, e)
+            return
+        self._authenticated(handshake, result)
+
+    def _handshake_failed(self, handshake: ServerHandshake, error: HandshakeError) -> None:
+        self.log.warn("bridge: handshake from {peer} failed: {error}", peer=self.peer, error=str(error))
+        if handshake.hello_sent:
+            self.transport.write(handshake.reject(str(error)))
+        self._end_handshake()
+        self.transport.loseConnection()
 
     def _authenticated(self, handshake: ServerHandshake, result: Authenticated) -> None:
         self._end_handshake()

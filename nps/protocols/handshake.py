@@ -39,6 +39,10 @@ class HandshakeError(Exception):
     """The handshake failed; C{str()} is a message fit for the log."""
 
 
+class UnknownKey(HandshakeError):
+    """No client has the key id the peer sent (yet: the caller may refresh and L{ServerHandshake.retry})."""
+
+
 @attrs.frozen
 class Authenticated:
     """Handshake done.  C{message} is the peer's JSON message; C{rest} the bytes after it."""
@@ -153,6 +157,7 @@ class ServerHandshake:
         self._nonce = nonce or os.urandom(NONCE_SIZE)
         self._client_nonce: bytes | None = None
         self._vkey: str | None = None
+        self._message: dict[str, Any] | None = None
         self._reader = _Reader()
 
     def feed(self, data: bytes) -> tuple[bytes, Authenticated | None]:
@@ -184,13 +189,23 @@ class ServerHandshake:
         proof = message.get("proof")
         if not isinstance(kid, str) or not isinstance(proof, str):
             raise HandshakeError("client auth message lacks kid/proof")
-        vkey = self._lookup(kid)
+        self._message = message
+        return out, self.retry()
+
+    def retry(self) -> Authenticated:
+        """Check the client's proof against the key store as it is now.
+
+        @raise UnknownKey: no such key id; L{HandshakeError}: the proof is wrong.
+        """
+        message = self._message
+        assert message is not None and self._client_nonce is not None
+        vkey = self._lookup(str(message["kid"]))
         # Compute a proof even for an unknown key so timing does not tell.
         expected = _proof(_CLIENT_LABEL, vkey or "\x00unknown", self._client_nonce, self._nonce)
-        if vkey is None or not hmac.compare_digest(proof, expected):
-            raise HandshakeError("wrong vkey")
+        if not hmac.compare_digest(str(message["proof"]), expected) or vkey is None:
+            raise UnknownKey("wrong vkey") if vkey is None else HandshakeError("wrong vkey")
         self._vkey = vkey
-        return out, Authenticated(message, self._reader.buf)
+        return Authenticated(message, self._reader.buf)
 
     @property
     def hello_sent(self) -> bool:
