@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nps.fastwrite import sequence_writer_for, writer_for
 from nps.protocols.frames import (
     MAX_DATA_CHUNK,
     Flag,
@@ -49,6 +50,9 @@ from nps.protocols.frames import (
     encode,
     encode_header,
 )
+
+_DATA, _WINDOW_UPDATE, _PING, _GO_AWAY, _CONTROL = (int(t) for t in FrameType)
+_SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
 
 INITIAL_WINDOW = 256 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
@@ -216,6 +220,10 @@ class MuxStream:
         for counter in self.counters:
             counter.add_out(size)
         if self._full_close or self._finished:
+            if self._local_fin and not self._finished:
+                # Closed by us and the peer keeps sending: tell it once.
+                self.mux._send_frame(FrameType.DATA, Flag.RST, self.stream_id, b"stream closed")
+                self._forget()
             return
         if self._read_paused or self._inbuf or self.protocol is None:
             self._inbuf.append(payload)
@@ -389,6 +397,8 @@ class Mux:
         self._ping_sent: dict[int, float] = {}
         self.rtt: float | None = None
         self._ping_call: IDelayedCall | None = None
+        self._write = writer_for(transport)
+        self._write_sequence = sequence_writer_for(transport)
         transport.registerProducer(self, True)
         if ping_interval > 0:
             self._ping_call = clock.callLater(ping_interval, self._keepalive)
@@ -491,25 +501,25 @@ class Mux:
 
     def _handle(self, frame: Frame) -> None:
         ftype = frame.type
-        if ftype is FrameType.DATA:
+        if ftype == _DATA:
             self._handle_data(frame)
-        elif ftype is FrameType.WINDOW_UPDATE:
+        elif ftype == _WINDOW_UPDATE:
             stream = self._streams.get(frame.stream_id)
             if stream is not None:
                 stream._on_credit(frame.length)
-        elif ftype is FrameType.PING:
-            if frame.flags & Flag.ACK:
+        elif ftype == _PING:
+            if frame.flags & _ACK:
                 sent = self._ping_sent.pop(frame.length, None)
                 if sent is not None:
                     self.rtt = self._clock.seconds() - sent
             else:
                 self._send_frame(FrameType.PING, Flag.ACK, 0, length=frame.length)
-        elif ftype is FrameType.GO_AWAY:
+        elif ftype == _GO_AWAY:
             code = _code_name(frame.length)
             if not self.close_reason:
                 self.close_reason = f"peer closed the session ({code})"
             self.transport.loseConnection()
-        elif ftype is FrameType.CONTROL:
+        elif ftype == _CONTROL:
             try:
                 message = json.loads(frame.payload.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
@@ -524,20 +534,23 @@ class Mux:
     def _handle_data(self, frame: Frame) -> None:
         flags = frame.flags
         stream_id = frame.stream_id
-        if flags & Flag.SYN:
+        stream = self._streams.get(stream_id)
+        if not flags and stream is not None:
+            stream._on_data(frame.payload)  # plain data: the hot path
+            return
+        if flags & _SYN:
             self._handle_syn(frame)
             return
-        stream = self._streams.get(stream_id)
         if stream is None:
-            if not flags & (Flag.RST | Flag.FIN):
+            if not flags & (_RST | _FIN):
                 self._send_frame(FrameType.DATA, Flag.RST, stream_id, b"unknown stream")
             return
-        if flags & Flag.RST:
+        if flags & _RST:
             reason = frame.payload[:MAX_REASON].decode("utf-8", "replace") or "reset by peer"
             self._fail_open(stream, reason)
             stream._finish(Failure(ConnectionLost(reason)))
             return
-        if flags & Flag.ACK:
+        if flags & _ACK:
             pending = self._pending_opens.pop(stream_id, None)
             if pending is not None:
                 d, timer = pending
@@ -546,13 +559,10 @@ class Mux:
                 stream._open = True
                 d.callback(stream)
         if frame.payload:
-            if stream._full_close and stream._local_fin:
-                # Closed by us: the peer should stop; tell it once.
-                self._send_frame(FrameType.DATA, Flag.RST, stream_id, b"stream closed")
-                stream._forget()
-                return
             stream._on_data(frame.payload)
-        if flags & Flag.FIN:
+            if stream._finished:
+                return
+        if flags & _FIN:
             stream._on_remote_fin()
 
     def _handle_syn(self, frame: Frame) -> None:
@@ -583,14 +593,14 @@ class Mux:
     ) -> None:
         if self._closed:
             return
-        self.transport.write(encode(ftype, flags, stream_id, payload, length))
+        self._write(encode(ftype, flags, stream_id, payload, length))
 
     def _send_data(self, stream: MuxStream, data: bytes) -> None:
         if self._closed:
             return
         for counter in stream.counters:
             counter.add_in(len(data))
-        self.transport.writeSequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
+        self._write_sequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
 
     def _wait_for_bridge(self, stream: MuxStream) -> None:
         self._waiting_streams.add(stream)

@@ -16,10 +16,13 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nps.fastwrite import enlarge_reads, writer_for
+
 
 def tune_socket(transport: Any, keepalive: bool = False) -> None:
     """TCP_NODELAY (and optionally SO_KEEPALIVE) on TCP transports; no-op otherwise."""
     if ITCPTransport.providedBy(transport):
+        enlarge_reads(transport)
         transport.setTcpNoDelay(True)
         if keepalive:
             transport.setTcpKeepAlive(True)
@@ -44,7 +47,13 @@ class Relay(Protocol):
         elif peer.transport is not None and peer.connected:
             join(self, peer)
 
+    _write_peer: Any = None
+
     def dataReceived(self, data: bytes) -> None:
+        write = self._write_peer
+        if write is not None:
+            write(data)
+            return
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.gone:
             peer.transport.write(data)
@@ -65,6 +74,9 @@ class Relay(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.gone = True
+        self._write_peer = None
+        if self.peer is not None:
+            self.peer._write_peer = None
         self.connected = False
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.gone:
@@ -80,6 +92,8 @@ def join(a: Relay, b: Relay) -> None:
     tb: Any = b.transport
     ta.registerProducer(tb, True)
     tb.registerProducer(ta, True)
+    a._write_peer = writer_for(tb)
+    b._write_peer = writer_for(ta)
     for transport in (ta, tb):
         resume = getattr(transport, "resumeProducing", None)
         if resume is not None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
-
-import attrs
+from typing import NamedTuple
 
 VERSION = 1
 HEADER = struct.Struct("!BBHII")
@@ -55,17 +54,20 @@ class GoAwayCode(enum.IntEnum):
 
 
 _KNOWN_FLAGS = int(Flag.SYN | Flag.ACK | Flag.FIN | Flag.RST)
-_PAYLOAD_TYPES = (FrameType.DATA, FrameType.CONTROL)
+_DATA = int(FrameType.DATA)
+_CONTROL = int(FrameType.CONTROL)
 
 
 class FrameError(Exception):
     """The peer sent bytes that are not a valid frame; the session must end."""
 
 
-@attrs.frozen
-class Frame:
-    type: FrameType
-    flags: Flag
+class Frame(NamedTuple):
+    """One parsed frame.  C{type} and C{flags} are plain ints on the hot path
+    (compare with C{==} / C{&}; they equal the L{FrameType}/L{Flag} members)."""
+
+    type: int
+    flags: int
     stream_id: int
     length: int
     payload: bytes = b""
@@ -110,12 +112,16 @@ class FrameParser:
         frames: list[Frame] = []
         offset = 0
         end = len(buf)
+        unpack = HEADER.unpack_from
         try:
             while end - offset >= HEADER_SIZE:
-                version, ftype, flags, stream_id, length = HEADER.unpack_from(buf, offset)
-                _check_header(version, ftype, flags, stream_id, length)
-                ftype = FrameType(ftype)
-                if ftype in _PAYLOAD_TYPES:
+                version, ftype, flags, stream_id, length = unpack(buf, offset)
+                if ftype == _DATA and version == VERSION and not flags & ~_KNOWN_FLAGS \
+                        and stream_id and length <= MAX_DATA_FRAME:
+                    pass  # the common case, checked inline
+                else:
+                    _check_header(version, ftype, flags, stream_id, length)
+                if ftype == _DATA or ftype == _CONTROL:
                     if end - offset - HEADER_SIZE < length:
                         break
                     start = offset + HEADER_SIZE
@@ -124,7 +130,7 @@ class FrameParser:
                 else:
                     payload = b""
                     offset += HEADER_SIZE
-                frames.append(Frame(ftype, Flag(flags), stream_id, length, payload))
+                frames.append(Frame(ftype, flags, stream_id, length, payload))
         except FrameError as e:
             self._error = e
             buf.clear()
