@@ -52,6 +52,9 @@ def raise_nofile_limit() -> None:
 
 def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], name: str) -> int:
     """Build the service, start it, run the reactor until stopped; return the exit code."""
+    from nps.reactor import install
+
+    install()
     from twisted.internet import reactor
 
     exit_code = [0]

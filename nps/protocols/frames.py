@@ -20,9 +20,9 @@ HEADER = struct.Struct("!BBHII")
 HEADER_SIZE = HEADER.size
 
 #: Largest payload a sender puts in one DATA frame.
-MAX_DATA_CHUNK = 64 * 1024
+MAX_DATA_CHUNK = 256 * 1024
 #: Largest DATA payload a receiver accepts (a bigger one is a protocol error).
-MAX_DATA_FRAME = 256 * 1024
+MAX_DATA_FRAME = 1024 * 1024
 #: Largest CONTROL payload (JSON control messages such as tunnel lists).
 MAX_CONTROL_FRAME = 1024 * 1024
 MAX_STREAM_ID = 2**32 - 1
