@@ -207,7 +207,10 @@ class NpsServer(MultiService):
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
-        self.log.info("client {id} offline ({reason})", id=session.client_id, reason=reason)
+        counter = self.client_counters.get(session.client_id, TrafficCounter())
+        self.log.info("client {id} offline ({reason}); traffic so far: {n} connections, "
+                      "{bytes_in} bytes in, {bytes_out} bytes out", id=session.client_id, reason=reason,
+                      n=counter.connections, bytes_in=counter.bytes_in, bytes_out=counter.bytes_out)
 
     def _drop_session(self, session: ClientSession, code: GoAwayCode, reason: str) -> None:
         if self.sessions.get(session.client_id) is session:
@@ -322,7 +325,10 @@ class NpsServer(MultiService):
         running = self.tunnels.pop(tunnel_id, None)
         if running is None or running.port is None:
             return succeed(None)
-        self.log.info("tunnel {id} ({remark}) closed", id=tunnel_id, remark=running.tunnel.remark)
+        counter = running.counter
+        self.log.info("tunnel {id} ({remark}) closed after {n} connections, {bytes_in} bytes in, "
+                      "{bytes_out} bytes out", id=tunnel_id, remark=running.tunnel.remark,
+                      n=counter.connections, bytes_in=counter.bytes_in, bytes_out=counter.bytes_out)
         return Deferred.fromCoroutine(_stop(running.port))
 
     # -- store sync ---------------------------------------------------------------------
