@@ -65,9 +65,10 @@ def valid_frames(draw: st.DrawFn) -> Frame:
 
 
 def encode_frame(frame: Frame) -> bytes:
-    if frame.type in PAYLOAD_TYPES:
-        return encode(frame.type, frame.flags, frame.stream_id, frame.payload)
-    return encode(frame.type, frame.flags, frame.stream_id, length=frame.length)
+    ftype = FrameType(frame.type)
+    if ftype in PAYLOAD_TYPES:
+        return encode(ftype, frame.flags, frame.stream_id, frame.payload)
+    return encode(ftype, frame.flags, frame.stream_id, length=frame.length)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -185,7 +186,7 @@ def test_feed_accepts_bytearray_and_memoryview() -> None:
     """C{feed} takes any bytes-like object and payloads come out as immutable C{bytes}."""
     wire = encode(FrameType.DATA, 0, 1, b"abc")
     parser = FrameParser()
-    frames = parser.feed(bytearray(wire[:5])) + parser.feed(memoryview(wire[5:]))
+    frames = parser.feed(bytearray(wire[:5])) + parser.feed(memoryview(wire[5:]))  # type: ignore[arg-type]
     assert frames == [Frame(FrameType.DATA, Flag.NONE, 1, 3, b"abc")]
     assert type(frames[0].payload) is bytes
 

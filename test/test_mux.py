@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPullProducer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -93,6 +93,7 @@ class HalfProto(Proto):
         self.events.append("write_lost")
 
 
+@implementer(IPullProducer)
 class PullProducer:
     """A non-streaming producer counting resumeProducing calls."""
 
@@ -245,18 +246,14 @@ def pattern(n: int, start: int = 0) -> bytes:
 
 
 @pytest.fixture
-def log_events() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        events.append(event)
-
+def log_events() -> Iterator[EventLoggingObserver]:
+    observer = EventLoggingObserver()
     globalLogPublisher.addObserver(observer)
-    yield events
+    yield observer
     globalLogPublisher.removeObserver(observer)
 
 
-def loud(events: list[dict[str, Any]], levels: tuple[Any, ...] = (LogLevel.error, LogLevel.critical)) -> list[str]:
+def loud(events: Iterable[LogEvent], levels: tuple[Any, ...] = (LogLevel.error, LogLevel.critical)) -> list[str]:
     """Formatted nps.mux events at the given levels."""
     return [formatEvent(e) for e in events
             if e.get("log_level") in levels and str(e.get("log_namespace", "")).startswith("nps.mux")]
@@ -381,17 +378,19 @@ def test_open_on_closed_bridge() -> None:
 
 
 def test_too_many_streams(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond MAX_STREAMS the opener refuses locally, and a receiver refuses the peer's extra streams."""
+    """Beyond MAX_STREAMS the opener refuses locally, and a receiver resets the peer's extra streams."""
     monkeypatch.setattr(mux_module, "MAX_STREAMS", 2)
     p = Pair()
     p.open()
     p.open()
     failure = result_of(p.client.open_stream({}))
     assert failure.check(StreamRefused) and "too many streams" in str(failure.value)
-    # The server already has two; a third opened by ... the server side's own count also counts.
-    d = p.server.open_stream({})
-    p.pump()
-    assert result_of(d).check(StreamRefused)
+    assert p.c.transport.value() == b""
+    # A peer that ignores the limit gets its third stream reset.
+    p.server.data_received(encode(FrameType.DATA, Flag.SYN, 99, b"{}"))
+    [rst] = frames_of(p.s.transport.value())
+    assert (rst.flags, rst.stream_id, rst.payload) == (Flag.RST, 99, b"too many streams on this bridge")
+    assert p.s.incoming == [] and p.server.stream_count == 2
 
 
 def test_stream_provides_transport_interfaces() -> None:
@@ -523,9 +522,13 @@ def test_paused_reader_stops_only_its_own_sender() -> None:
     p = Pair()
     near, near_proto, far, far_proto = p.open()
     near2, near2_proto, far2, far2_proto = p.open()
-    producer = StringTransport()
+    producer = StringTransport()  # e.g. the TCP connection feeding this stream
     near.registerProducer(producer, True)
-    far.pauseProducing()  # the consumer of this stream is full
+    sink = StringTransport()  # e.g. the TCP connection this stream feeds
+    far_proto.on_data = lambda proto, data: sink.write(data)
+    sink.registerProducer(far, True)
+    assert sink.producer is far
+    far.pauseProducing()  # what the sink does when it is full
 
     chunk = 16 * 1024
     written = _write_until_paused(near, producer, p.pump, chunk)
@@ -542,10 +545,11 @@ def test_paused_reader_stops_only_its_own_sender() -> None:
     assert len(far2_proto.received) == INITIAL_WINDOW * 2
     assert bytes(near2_proto.received) == b"pong"
 
-    far.resumeProducing()
+    far.resumeProducing()  # what the sink does once it drained
     p.pump()
     assert producer.producerState == "producing"
     assert bytes(far_proto.received) == written
+    assert sink.value() == written
     # And it goes on flowing after the resume.
     more = _write_until_paused(near, producer, p.pump, chunk, limit=INITIAL_WINDOW * 3)
     assert bytes(far_proto.received) == written + more
@@ -699,7 +703,7 @@ def test_bridge_repaused_while_resuming() -> None:
         stream.write(b"x")
     assert [pr.producerState for pr in producers] == ["paused"] * 3
 
-    fired = []
+    fired: list[StringTransport] = []
 
     def repause_once(original: Callable[[], None], producer: StringTransport) -> Callable[[], None]:
         def resume() -> None:
@@ -830,7 +834,8 @@ def test_full_close_waits_for_peer_fin_then_forgets() -> None:
 def test_peer_writing_to_a_fully_closed_stream_is_reset() -> None:
     """Data arriving for a stream we fully closed is answered with RST, so the peer's writer learns it is gone."""
     p = Pair()
-    near, near_proto, far, far_proto = p.open(acceptor_proto=HalfProto())
+    far_proto = HalfProto()
+    near, near_proto, far, _ = p.open(acceptor_proto=far_proto)
     far_proto.on_read_lost = lambda proto: far.write(b"x" * (INITIAL_WINDOW + OUTBUF_HIGH))
     near.loseConnection()
     p.pump()
@@ -945,7 +950,7 @@ def _session_with_streams(p: Pair) -> tuple[list[Proto], Deferred[MuxStream]]:
 
 
 def _assert_session_killed(p: Pair, protos: list[Proto], pending: Deferred[MuxStream],
-                           events: list[dict[str, Any]], message: str) -> None:
+                           events: EventLoggingObserver, message: str) -> None:
     errors = loud(events)
     assert len(errors) == 1, errors
     assert "protocol error" in errors[0] and message in errors[0], errors[0]
@@ -980,7 +985,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("bad, message", MALFORMED)
-def test_malformed_frames_end_the_session(bad: bytes, message: str, log_events: list[dict[str, Any]]) -> None:
+def test_malformed_frames_end_the_session(bad: bytes, message: str, log_events: EventLoggingObserver) -> None:
     """A malformed frame ends the session: one clear error log line, GO_AWAY(PROTOCOL_ERROR), the bridge
     aborted, every stream and pending open failed, and nothing raised out of data_received."""
     p = Pair()
@@ -989,7 +994,7 @@ def test_malformed_frames_end_the_session(bad: bytes, message: str, log_events: 
     _assert_session_killed(p, protos, pending, log_events, message)
 
 
-def test_window_violation_ends_the_session(log_events: list[dict[str, Any]]) -> None:
+def test_window_violation_ends_the_session(log_events: EventLoggingObserver) -> None:
     """A peer sending more than the window it was granted is a protocol error."""
     p = Pair()
     protos, pending = _session_with_streams(p)
@@ -1001,7 +1006,7 @@ def test_window_violation_ends_the_session(log_events: list[dict[str, Any]]) -> 
     _assert_session_killed(p, protos, pending, log_events, "beyond its window")
 
 
-def test_protocol_error_log_names_the_peer(log_events: list[dict[str, Any]]) -> None:
+def test_protocol_error_log_names_the_peer(log_events: EventLoggingObserver) -> None:
     """The protocol-error log line names the Mux and the peer address."""
     p = Pair()
     p.client.data_received(b"\xff" * 12)
@@ -1015,7 +1020,7 @@ def test_protocol_error_log_names_the_peer(log_events: list[dict[str, Any]]) -> 
 ])
 @pytest.mark.xfail(strict=True, raises=RecursionError,
                    reason="BUG: deeply nested JSON in CONTROL/SYN raises RecursionError out of Mux.data_received")
-def test_deeply_nested_json_is_a_protocol_error(frame: bytes, log_events: list[dict[str, Any]]) -> None:
+def test_deeply_nested_json_is_a_protocol_error(frame: bytes, log_events: EventLoggingObserver) -> None:
     """Deeply nested JSON (well within the frame limits) is a protocol error, not an exception escaping."""
     p = Pair()
     p.client.data_received(frame)
@@ -1031,7 +1036,6 @@ def test_pings_every_interval() -> None:
     side = Side(clock, True, ping_interval=5.0)
     for _ in range(3):
         clock.advance(5.0)
-        side.mux.data_received(b"")  # keep it from looking idle... (nothing parsed)
     pings = frames_of(side.transport.value())
     assert [(f.type, f.flags, f.length) for f in pings] == [(FrameType.PING, Flag.SYN, n) for n in (1, 2, 3)]
 
@@ -1056,9 +1060,8 @@ def test_peer_ping_is_echoed() -> None:
     assert frames_of(side.transport.value()) == [Frame(FrameType.PING, Flag.ACK, 0, 0xDEADBEEF)]
 
 
-def test_idle_timeout_closes_the_session(log_events: list[dict[str, Any]]) -> None:
+def test_idle_timeout_closes_the_session(log_events: EventLoggingObserver) -> None:
     """With no bytes from the peer for longer than idle_timeout, the session is aborted at the next tick."""
-    p = Pair()
     clock = Clock()
     side = Side(clock, True, ping_interval=5.0, idle_timeout=12.0)
     d = side.mux.open_stream({})
@@ -1072,7 +1075,6 @@ def test_idle_timeout_closes_the_session(log_events: list[dict[str, Any]]) -> No
     warnings = loud(log_events, (LogLevel.warn,))
     assert len(warnings) == 1 and "silent for 15s" in warnings[0]
     assert clock.getDelayedCalls() == []
-    del p
 
 
 def test_received_bytes_keep_the_session_alive() -> None:
