@@ -1,0 +1,233 @@
+# -*- test-case-name: test.test_server -*-
+"""In-process integration: NpsServer and NpcService on the real reactor over loopback."""
+from __future__ import annotations
+
+import socket
+import tempfile
+from typing import Any, Callable
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from nps.client import NpcService
+from nps.config import ServerConfig
+from nps.model import Tunnel
+from nps.modes import load_modes
+from nps.server import NpsServer
+from nps.store import Store
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class Collect(Protocol):
+    """Collects what it receives; C{closed} fires on disconnect."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+@inlineCallbacks
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Poll C{predicate} every 20 ms until true; fail after C{timeout} seconds."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        yield deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+class ServerClientTests(TestCase):
+    """A real server and client in one process, talking over 127.0.0.1."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="nps-test-")
+        self.echo_port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(self.echo_port.stopListening)
+        self.echo_addr = f"127.0.0.1:{self.echo_port.getHost().port}"
+        self.fatal: list[tuple[int, str]] = []
+
+    def start_server(self, port: int = 0, **config: Any) -> NpsServer:
+        settings = ServerConfig(path=None, bridge_ip="127.0.0.1", bridge_port=port, data_dir=self.data_dir,
+                                **config)
+        server = NpsServer(settings, reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        return server
+
+    def start_client(self, server: NpsServer, vkey: str, tunnels: tuple[Tunnel, ...] = (),
+                     port: int | None = None) -> NpcService:
+        client = NpcService(reactor, "127.0.0.1", port or server.bridge_address.port, vkey, load_modes(),
+                            tunnels=tunnels, on_fatal=lambda code, msg: self.fatal.append((code, msg)),
+                            max_retry_delay=0.5)
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        return client
+
+    def add_client(self, remark: str = "c") -> Any:
+        store = Store(self.data_dir)
+        try:
+            return store.add_client(remark=remark)
+        finally:
+            store.close()
+
+    def add_tunnel(self, client_id: int, port: int, target: str) -> Tunnel:
+        store = Store(self.data_dir)
+        try:
+            return store.add_tunnel(client_id, "tcp", port, [target], server_ip="127.0.0.1")
+        finally:
+            store.close()
+
+    def free_port(self) -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    @inlineCallbacks
+    def roundtrip(self, port: int, payload: bytes):  # type: ignore[no-untyped-def]
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), user)
+        user.transport.write(payload)
+        yield wait_for(lambda: len(user.received) >= len(payload))
+        user.transport.loseConnection()
+        yield user.closed
+        return user.received
+
+    @inlineCallbacks
+    def test_server_tunnel_relays_and_counts(self):  # type: ignore[no-untyped-def]
+        """A stored tcp tunnel forwards bytes both ways; tunnel and client counters see them."""
+        record = self.add_client()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions and tunnel.id in server.tunnels
+                       and server.tunnels[tunnel.id].port is not None)
+        payload = bytes(range(256)) * 4000
+        received = yield self.roundtrip(port, payload)
+        self.assertEqual(received, payload)
+        counter = server.tunnels[tunnel.id].counter
+        yield wait_for(lambda: counter.bytes_out == len(payload))
+        self.assertEqual((counter.bytes_in, counter.bytes_out, counter.connections),
+                         (len(payload), len(payload), 1))
+        client_counter = server.client_counters[record.id]
+        self.assertEqual((client_counter.bytes_in, client_counter.bytes_out), (len(payload), len(payload)))
+
+    @inlineCallbacks
+    def test_tunnel_added_and_deleted_live(self):  # type: ignore[no-untyped-def]
+        """A tunnel added to the store by another process opens without restart; deleting it closes the port."""
+        record = self.add_client()
+        server = self.start_server()
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions)
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        yield server.refresh()
+        yield wait_for(lambda: tunnel.id in server.tunnels and server.tunnels[tunnel.id].port is not None)
+        received = yield self.roundtrip(port, b"live")
+        self.assertEqual(received, b"live")
+        store = Store(self.data_dir)
+        store.delete_tunnel(tunnel.id)
+        store.close()
+        yield server.refresh()
+        self.assertNotIn(tunnel.id, server.tunnels)
+        yield deferLater(reactor, 0.05, lambda: None)
+        with self.assertRaises(Exception):
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+
+    @inlineCallbacks
+    def test_offline_client_closes_user_connection(self):  # type: ignore[no-untyped-def]
+        """A user of a tunnel whose client is offline is disconnected at once."""
+        record = self.add_client()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        yield wait_for(lambda: tunnel.id in server.tunnels and server.tunnels[tunnel.id].port is not None)
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), user)
+        yield user.closed
+        self.assertEqual(user.received, b"")
+
+    @inlineCallbacks
+    def test_config_mode_registration(self):  # type: ignore[no-untyped-def]
+        """With public_vkey, npc.conf tunnels open on connect; refused ones get reasons; all close on leave."""
+        server = self.start_server(public_vkey="a-long-public-key-for-tests", allow_ports=((20000, 60000),))
+        good_port = self.free_port()
+        while not 20000 <= good_port <= 60000:
+            good_port = self.free_port()
+        tunnels = (
+            Tunnel(0, 0, "tcp", server_port=good_port, server_ip="127.0.0.1", targets=(self.echo_addr,),
+                   remark="good"),
+            Tunnel(0, 0, "tcp", server_port=1000, server_ip="127.0.0.1", targets=(self.echo_addr,),
+                   remark="not-allowed"),
+            Tunnel(0, 0, "nosuchmode", server_port=good_port + 1, remark="bad-mode"),
+        )
+        client = self.start_client(server, "a-long-public-key-for-tests", tunnels)
+        yield wait_for(lambda: any(t.tunnel.remark == "good" and t.port is not None
+                                   for t in server.tunnels.values()))
+        self.assertEqual({t.tunnel.remark for t in server.tunnels.values()}, {"good"})
+        received = yield self.roundtrip(good_port, b"config-mode")
+        self.assertEqual(received, b"config-mode")
+        yield client.stopService()
+        yield wait_for(lambda: not server.tunnels)
+
+    @inlineCallbacks
+    def test_wrong_vkey_is_fatal_for_npc(self):  # type: ignore[no-untyped-def]
+        """npc with an unknown vkey stops with exit code 1 and says why; the server keeps serving."""
+        record = self.add_client()
+        server = self.start_server()
+        self.start_client(server, "not-a-key")
+        yield wait_for(lambda: self.fatal)
+        self.assertEqual(self.fatal[0][0], 1)
+        self.assertIn("wrong vkey", self.fatal[0][1])
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions)
+
+    @inlineCallbacks
+    def test_same_vkey_replaces_old_session(self):  # type: ignore[no-untyped-def]
+        """A second npc with the same vkey takes over; the first is told and stops."""
+        record = self.add_client()
+        server = self.start_server()
+        first = self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions)
+        old = server.sessions[record.id]
+        second = self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions and server.sessions[record.id] is not old
+                       and self.fatal)
+        self.assertIn("same vkey", self.fatal[0][1])
+        yield wait_for(lambda: not first.running)
+        self.assertTrue(second.running)
+
+    @inlineCallbacks
+    def test_client_comes_back_after_server_restart(self):  # type: ignore[no-untyped-def]
+        """Stopping and restarting the server on the same port: npc reconnects by itself."""
+        record = self.add_client()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        bridge_port = server.bridge_address.port
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions)
+        yield server.stopService()
+        server2 = self.start_server(port=bridge_port)
+        yield wait_for(lambda: record.id in server2.sessions and tunnel.id in server2.tunnels
+                       and server2.tunnels[tunnel.id].port is not None, timeout=20)
+        received = yield self.roundtrip(port, b"again")
+        self.assertEqual(received, b"again")
+        self.assertEqual(self.fatal, [])
