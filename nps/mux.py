@@ -115,6 +115,7 @@ class MuxStream:
         self._finished = False
         self._linger: IDelayedCall | None = None
         self._pull_scheduled = False
+        self._reset_sent = False
 
     def __repr__(self) -> str:
         return f"<MuxStream {self.stream_id} {self.link.get('target', '')}>"
@@ -220,10 +221,12 @@ class MuxStream:
         for counter in self.counters:
             counter.add_out(size)
         if self._full_close or self._finished:
-            if self._local_fin and not self._finished:
-                # Closed by us and the peer keeps sending: tell it once.
+            # We closed and will never read this: reset, as TCP does on unread data,
+            # so the peer neither waits for credit nor for our FIN.
+            if not self._reset_sent:
+                self._reset_sent = True
                 self.mux._send_frame(FrameType.DATA, Flag.RST, self.stream_id, b"stream closed")
-                self._forget()
+                self._finish(Failure(ConnectionDone()))
             return
         if self._read_paused or self._inbuf or self.protocol is None:
             self._inbuf.append(payload)
@@ -393,6 +396,7 @@ class Mux:
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
         self._last_received = clock.seconds()
+        self._last_ping_at: float | None = None
         self._ping_seq = 0
         self._ping_sent: dict[int, float] = {}
         self.rtt: float | None = None
@@ -415,10 +419,7 @@ class Mux:
             return _failed(StreamRefused(f"bridge closed: {self.close_reason}"))
         if len(self._streams) >= MAX_STREAMS:
             return _failed(StreamRefused("too many streams on this bridge"))
-        stream_id = self._next_id
-        self._next_id += 2
-        if self._next_id > 0xFFFFFFFF:
-            self._next_id = 1 if self._is_client else 2
+        stream_id = self._allocate_id()
         stream = MuxStream(self, stream_id, link)
         self._streams[stream_id] = stream
         d: Deferred[MuxStream] = Deferred(lambda _: self._cancel_open(stream, "cancelled"))
@@ -426,6 +427,16 @@ class Mux:
         self._pending_opens[stream_id] = (d, timer)
         self._send_frame(FrameType.DATA, Flag.SYN, stream_id, json.dumps(link).encode("utf-8"))
         return d
+
+    def _allocate_id(self) -> int:
+        """The next free stream id of our parity, wrapping around past 2**32."""
+        while True:
+            stream_id = self._next_id
+            self._next_id += 2
+            if self._next_id > 0xFFFFFFFF:
+                self._next_id = 1 if self._is_client else 2
+            if stream_id not in self._streams:
+                return stream_id
 
     def send_control(self, message: dict[str, Any]) -> None:
         if not self._closed:
@@ -522,7 +533,7 @@ class Mux:
         elif ftype == _CONTROL:
             try:
                 message = json.loads(frame.payload.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as e:
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
                 raise FrameError(f"CONTROL frame is not JSON: {e}") from None
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 raise FrameError("CONTROL message must be an object with a 'type'")
@@ -573,7 +584,7 @@ class Mux:
             raise FrameError(f"peer reopened live stream {stream_id}")
         try:
             link = json.loads(frame.payload.decode("utf-8")) if frame.payload else {}
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise FrameError(f"stream {stream_id} link header is not JSON: {e}") from None
         if not isinstance(link, dict):
             raise FrameError(f"stream {stream_id} link header is not an object")
@@ -656,7 +667,10 @@ class Mux:
             return
         now = self._clock.seconds()
         silent = now - self._last_received
-        if silent > self._idle_timeout:
+        # Silent means: nothing at all since our last ping (not even its echo) for
+        # longer than the timeout.  The first tick has no ping to wait for yet.
+        unanswered = self._last_ping_at is not None and self._last_received < self._last_ping_at
+        if unanswered and silent > self._idle_timeout:
             self.log.warn("{name}: peer {peer} silent for {silent:.0f}s (timeout {timeout:.0f}s); closing",
                           name=self._name, peer=self._peer_text(), silent=silent, timeout=self._idle_timeout)
             self.close_reason = f"peer silent for {silent:.0f}s"
@@ -669,6 +683,7 @@ class Mux:
         self._ping_seq = (self._ping_seq + 1) & 0xFFFFFFFF
         self._ping_sent = {k: v for k, v in self._ping_sent.items() if now - v < self._idle_timeout}
         self._ping_sent[self._ping_seq] = now
+        self._last_ping_at = now
         self._send_frame(FrameType.PING, Flag.SYN, 0, length=self._ping_seq)
         self._ping_call = self._clock.callLater(self._ping_interval, self._keepalive)
 

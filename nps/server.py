@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
@@ -128,9 +129,14 @@ class NpsServer(MultiService):
             store.close()
         self._apply_clients(snapshot)
         factory = BridgeServerFactory(self, self.reactor)
-        self._bridge_port = self.reactor.listenTCP(
-            self.config.bridge_port, factory, interface=self.config.bridge_ip
-        )
+        try:
+            self._bridge_port = self.reactor.listenTCP(
+                self.config.bridge_port, factory, interface=self.config.bridge_ip
+            )
+        except CannotListenError as e:
+            # SystemExit: twistd and our console script both print just this line.
+            raise SystemExit(f"nps: cannot listen on bridge {self.config.bridge_ip}:{self.config.bridge_port}: "
+                             f"{e.socketError}") from None
         address = self._bridge_port.getHost()
         self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
                       host=address.host, port=address.port, v=__version__)
@@ -149,7 +155,11 @@ class NpsServer(MultiService):
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
-        for session in list(self.sessions.values()):
+        sessions = list(self.sessions.values())
+        self.sessions.clear()  # so session_ended leaves the store alone from here on
+        if sessions:
+            yield self.store.call("mark_all_offline").addErrback(self._store_failed)
+        for session in sessions:
             if session.mux is not None:
                 session.mux.go_away(GoAwayCode.SHUTDOWN, "server shutting down")
         for tunnel_id in list(self.tunnels):

@@ -357,10 +357,6 @@ def test_bridge_port_in_use(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr + res.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: 'twistd nps' with its bridge port taken exits 1 but dumps a full Python traceback "
-    "(CannotListenError raised from NpsServer.privilegedStartService through twistd's "
-    "startApplication) instead of the one-line message plain 'nps' prints"))
 def test_bridge_port_in_use_twistd(tmp_path: Path) -> None:
     """
     Under twistd too, a taken bridge port ends the server with a non-zero
@@ -434,10 +430,6 @@ def test_garbage_on_bridge_port(
     assert "Traceback" not in server.log_text()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a bridge connection that sends a truncated hello (part of the magic) and then EOF "
-    "is closed without any server log line (only the hanging case is logged, by the 10 s "
-    "handshake timeout)"))
 def test_truncated_hello_then_eof_is_logged(nps_server: Callable[..., Any]) -> None:
     """
     A peer that sends only the start of the bridge hello and then closes its
@@ -502,10 +494,6 @@ def test_disconnect_timeout_drops_stopped_npc(
     assert client_status(server, client.vkey)["online"] is True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with disconnect_timeout=1 the server drops a healthy idle npc at its first keepalive "
-    "tick ('peer ... silent for 5s (timeout 5s); closing'), every 5 s: nps/mux.py _keepalive checks "
-    "silence > idle_timeout before any ping could have been answered"))
 def test_disconnect_timeout_1_keeps_healthy_idle_npc(
     nps_server: Callable[..., Any], npc_client: Callable[..., Proc]
 ) -> None:
@@ -617,10 +605,6 @@ def test_read_only_plugin_dirs_console_scripts(
         _no_cache_complaints(proc.log_text())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: 'twistd nps' in a read-only install logs 'Unable to write to plugin cache "
-    ".../twisted/plugins/dropin.cache: error number 30' at every start (twistd's own "
-    "IServiceMaker scan; no prebuilt/shipped dropin.cache)"))
 def test_read_only_plugin_dirs_twistd(
     read_only_plugins: Callable[[list[str]], list[str]],
     spawn: Callable[..., Proc],

@@ -836,8 +836,6 @@ def test_full_close_waits_for_peer_fin_then_forgets() -> None:
     assert p.client.stream_count == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MuxStream._on_data only sends RST when `_local_fin and not _finished`, "
-                                       "but a fully closed stream is always _finished, so the peer is never told")
 def test_peer_writing_to_a_fully_closed_stream_is_reset() -> None:
     """Data arriving for a stream we fully closed is answered with RST, so the peer's writer learns it is gone."""
     p = Pair()
@@ -851,8 +849,6 @@ def test_peer_writing_to_a_fully_closed_stream_is_reset() -> None:
     assert "stream closed" in far_proto.reason.getErrorMessage()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a fully closed stream drops incoming DATA without credit or RST "
-                                       "(MuxStream._on_data), so the peer's pending bytes and FIN wait forever")
 def test_close_with_peer_data_in_flight_does_not_strand_the_peer() -> None:
     """Closing a stream while the peer still has more than a window to send must still end the peer's stream
     (by RST or by draining), not leave it waiting for credit forever."""
@@ -870,8 +866,6 @@ def test_close_with_peer_data_in_flight_does_not_strand_the_peer() -> None:
     assert p.server.stream_count == 0, "the peer's stream leaks"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: two full closes with more than a window pending each way deadlock: "
-                                       "each end discards the other's DATA without credit, so neither FIN is sent")
 def test_simultaneous_close_with_data_both_ways() -> None:
     """Both ends calling loseConnection with more than a window pending still end the stream on both sides."""
     p = Pair()
@@ -1025,8 +1019,6 @@ def test_protocol_error_log_names_the_peer(log_events: EventLoggingObserver) -> 
     pytest.param(encode(FrameType.CONTROL, 0, 0, b"[" * 50_000), id="control"),
     pytest.param(encode(FrameType.DATA, Flag.SYN, 100, b"[" * 50_000), id="syn-link"),
 ])
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="BUG: deeply nested JSON in CONTROL/SYN raises RecursionError out of Mux.data_received")
 def test_deeply_nested_json_is_a_protocol_error(frame: bytes, log_events: EventLoggingObserver) -> None:
     """Deeply nested JSON (well within the frame limits) is a protocol error, not an exception escaping."""
     p = Pair()
@@ -1176,8 +1168,6 @@ def test_connection_lost_ends_everything() -> None:
 # -- stream ids -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Mux.open_stream wraps _next_id to 1/2 without skipping live ids, "
-                                       "so a long-lived stream's id is reused and the peer kills the session")
 def test_stream_id_wrap_skips_live_streams() -> None:
     """After the id space wraps, a new stream never reuses the id of a stream that is still open."""
     p = Pair()
@@ -1281,5 +1271,5 @@ def test_random_schedule_with_full_closes(ops: list[tuple[str, bool, int, int]])
     """With full closes mixed in, each side receives a prefix of what the other wrote (all of it unless it
     closed its read side or the stream was reset), and no schedule causes a protocol error.
 
-    (That every stream also ends is not checked here: see the xfail tests of closing with data in flight.)"""
+    (That every stream also ends is covered by the tests of closing with data in flight.)"""
     run_schedule(ops, allow_close=True)

@@ -357,8 +357,6 @@ def test_tunnel_bridge_loss_closes_both_ends() -> None:
     assert t.backend.disconnecting
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the near stream, fully closed, drops the backend's in-flight DATA "
-                                       "without credit or RST (MuxStream._on_data); the backend stays paused forever")
 def test_user_gone_during_a_big_download_releases_the_backend() -> None:
     """If the user disconnects while the backend is sending more than a window, the backend connection is
     eventually closed (not left paused forever) and no stream is leaked."""

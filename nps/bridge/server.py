@@ -104,6 +104,8 @@ class BridgeServerProtocol(Protocol):
 
     def _handshake_failed(self, handshake: ServerHandshake, error: HandshakeError) -> None:
         self.log.warn("bridge: handshake from {peer} failed: {error}", peer=self.peer, error=str(error))
+        if error.out:
+            self.transport.write(error.out)
         if handshake.hello_sent:
             self.transport.write(handshake.reject(str(error)))
         self._end_handshake()
@@ -137,6 +139,9 @@ class BridgeServerProtocol(Protocol):
             self.mux.data_received(result.rest)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._handshake is not None:
+            self.log.warn("bridge: {peer} closed the connection during the handshake ({reason})",
+                          peer=self.peer, reason=reason.getErrorMessage())
         self._end_handshake()
         if self.mux is not None:
             self.mux.connection_lost(reason.getErrorMessage())

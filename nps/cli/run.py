@@ -69,6 +69,9 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
     service = build(reactor, on_fatal)
     try:
         service.privilegedStartService()
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 1
     except CannotListenError as e:
         print(f"{name}: cannot listen on {e.interface or '0.0.0.0'}:{e.port}: {e.socketError}", file=sys.stderr)
         return 1

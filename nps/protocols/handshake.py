@@ -36,7 +36,13 @@ _SERVER_LABEL = b"nps-bridge-server-proof-v1"
 
 
 class HandshakeError(Exception):
-    """The handshake failed; C{str()} is a message fit for the log."""
+    """The handshake failed; C{str()} is a message fit for the log.
+
+    C{out} holds bytes the caller must still send before its rejection
+    (the server's hello, so a client of another version can read ours).
+    """
+
+    out: bytes = b""
 
 
 class UnknownKey(HandshakeError):
@@ -90,7 +96,7 @@ class _Reader:
             return None
         try:
             message = json.loads(raw[LENGTH.size :].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise HandshakeError(f"{what} is not valid JSON: {e}") from None
         if not isinstance(message, dict):
             raise HandshakeError(f"{what} is not a JSON object")
@@ -139,7 +145,7 @@ class ClientHandshake:
         if reply.get("ok") is not True:
             raise HandshakeError(f"server refused us: {reply.get('error', 'no reason given')}")
         expected = _proof(_SERVER_LABEL, self._vkey, self._nonce, self._server_nonce)
-        if not hmac.compare_digest(str(reply.get("proof", "")), expected):
+        if not hmac.compare_digest(str(reply.get("proof", "")).encode("utf-8"), expected.encode("ascii")):
             raise HandshakeError("server failed to prove it knows the vkey (wrong server?)")
         return out, Authenticated(reply, self._reader.buf)
 
@@ -178,9 +184,11 @@ class ServerHandshake:
             out = HELLO.pack(MAGIC, self._version, self._nonce)
             if peer_version != self._version:
                 self._client_nonce = nonce
-                raise HandshakeError(
+                error = HandshakeError(
                     f"client speaks bridge protocol version {peer_version}, we speak {self._version}"
                 )
+                error.out = out
+                raise error
             self._client_nonce = nonce
         message = self._reader.take_message("client auth message")
         if message is None:
@@ -202,7 +210,7 @@ class ServerHandshake:
         vkey = self._lookup(str(message["kid"]))
         # Compute a proof even for an unknown key so timing does not tell.
         expected = _proof(_CLIENT_LABEL, vkey or "\x00unknown", self._client_nonce, self._nonce)
-        if not hmac.compare_digest(str(message["proof"]), expected) or vkey is None:
+        if not hmac.compare_digest(str(message["proof"]).encode("utf-8"), expected.encode("ascii")) or vkey is None:
             raise UnknownKey("wrong vkey") if vkey is None else HandshakeError("wrong vkey")
         self._vkey = vkey
         return Authenticated(message, self._reader.buf)
