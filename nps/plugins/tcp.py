@@ -6,7 +6,8 @@ import itertools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -78,6 +79,15 @@ class TcpMode:
         return connect_target(reactor, str(link.get("target", "")))
 
 
+def target_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """An endpoint for C{host:port}: IP literals connect directly, names resolve off the reactor thread."""
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+
 def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
     """Dial C{target} and return the stream-side half of a relay to it."""
     try:
@@ -85,8 +95,7 @@ def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
     except ValueError as e:
         return fail(e)
     stream_side = Relay()
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    d = endpoint.connect(RelayFactory(stream_side))
+    d = target_endpoint(reactor, host, port).connect(RelayFactory(stream_side))
     d.addCallback(lambda _: stream_side)
     return d
 

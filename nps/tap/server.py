@@ -12,6 +12,7 @@ from twisted.python import usage
 from nps.config import ConfigError, ServerConfig, load_server_config
 
 log = Logger()
+config_log = Logger(namespace="nps.config")
 
 #: Where NPS looks for its config when no path is given (relative to the CWD first).
 DEFAULT_LOCATIONS = ("conf/nps.conf", "/etc/nps/conf/nps.conf")
@@ -49,8 +50,9 @@ class Options(usage.Options):
 
 
 def log_config_warnings(warnings: tuple[str, ...]) -> None:
+    """Log each distinct config warning once."""
     for warning in dict.fromkeys(warnings):
-        log.warn("config: {warning}", warning=warning)
+        config_log.warn("{warning}", warning=warning)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
