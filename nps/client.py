@@ -9,10 +9,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nps.connect import connect_tcp
 from nps.bridge.client import BridgeClientFactory, BridgeClientProtocol, BridgeRefused
 from nps.model import Tunnel
 from nps.mux import MuxStream
@@ -57,7 +57,8 @@ class NpcService(MultiService):
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
         self._pending_fatal: tuple[int, str] | None = None
-        self._endpoint = HostnameEndpoint(reactor, server_host, server_port, timeout=CONNECT_TIMEOUT)
+        self._server_host = server_host
+        self._server_port = server_port
         self._factory = BridgeClientFactory(self, reactor)
         self._retry_delay = backoffPolicy(initialDelay=0.5, maxDelay=max_retry_delay, factor=2.0,
                                           jitter=random.random)
@@ -88,7 +89,8 @@ class NpcService(MultiService):
         self._retry_call = None
         if not self.running:
             return
-        d = self._endpoint.connect(self._factory)
+        d = connect_tcp(self.reactor, self._server_host, self._server_port, self._factory,
+                        timeout=CONNECT_TIMEOUT)
         self._attempt = d
 
         def connected(protocol: BridgeClientProtocol) -> Any:

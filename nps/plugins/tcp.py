@@ -6,8 +6,6 @@ import itertools
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -16,6 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nps.config import format_host_port, parse_host_port
+from nps.connect import connect_tcp
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
 from nps.relay import Relay, RelayFactory
@@ -79,15 +78,6 @@ class TcpMode:
         return connect_target(reactor, str(link.get("target", "")))
 
 
-def target_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
-    """An endpoint for C{host:port}: IP literals connect directly, names resolve off the reactor thread."""
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-
-
 def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
     """Dial C{target} and return the stream-side half of a relay to it."""
     try:
@@ -95,7 +85,7 @@ def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
     except ValueError as e:
         return fail(e)
     stream_side = Relay()
-    d = target_endpoint(reactor, host, port).connect(RelayFactory(stream_side))
+    d = connect_tcp(reactor, host, port, RelayFactory(stream_side), timeout=CONNECT_TIMEOUT)
     d.addCallback(lambda _: stream_side)
     return d
 
