@@ -90,53 +90,81 @@ def encode_header(type: FrameType, flags: Flag | int, stream_id: int, length: in
 class FrameParser:
     """Incremental parser: C{feed(bytes)} returns the complete frames seen so far.
 
-    Keeps an offset into one buffer instead of re-slicing per frame, so
-    parsing many small frames stays linear.  After a L{FrameError} the parser
-    is poisoned and every further C{feed} raises again.
+    Works on the caller's C{bytes} with an offset and copies each payload
+    once: a payload inside one chunk is one slice, a payload spread over
+    several chunks is collected as a list and joined once.  Only a header
+    cut in two is buffered byte-wise.  Parsing stays linear in the input.
+    After a L{FrameError} the parser is poisoned and every further C{feed}
+    raises again.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._head = bytearray()  # a partial header
+        self._pending: tuple[int, int, int, int] | None = None  # header awaiting its payload
+        self._parts: list[bytes] = []
+        self._need = 0
         self._error: FrameError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
-        return len(self._buf)
+        held = len(self._head) + sum(len(part) for part in self._parts)
+        return held + (HEADER_SIZE if self._pending is not None else 0)
 
     def feed(self, data: bytes) -> list[Frame]:
         if self._error is not None:
             raise self._error
-        buf = self._buf
-        buf += data
-        frames: list[Frame] = []
-        offset = 0
-        end = len(buf)
-        unpack = HEADER.unpack_from
         try:
-            while end - offset >= HEADER_SIZE:
-                version, ftype, flags, stream_id, length = unpack(buf, offset)
-                if ftype == _DATA and version == VERSION and not flags & ~_KNOWN_FLAGS \
-                        and stream_id and length <= MAX_DATA_FRAME:
-                    pass  # the common case, checked inline
-                else:
-                    _check_header(version, ftype, flags, stream_id, length)
-                if ftype == _DATA or ftype == _CONTROL:
-                    if end - offset - HEADER_SIZE < length:
-                        break
-                    start = offset + HEADER_SIZE
-                    payload = bytes(buf[start : start + length])
-                    offset = start + length
-                else:
-                    payload = b""
-                    offset += HEADER_SIZE
-                frames.append(Frame(ftype, flags, stream_id, length, payload))
+            return self._feed(bytes(data))
         except FrameError as e:
             self._error = e
-            buf.clear()
+            self._head.clear()
+            self._parts = []
+            self._pending = None
             raise
-        if offset:
-            del buf[:offset]
+
+    def _feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        pos = 0
+        end = len(data)
+        unpack = HEADER.unpack_from
+        head = self._head
+        while pos < end:
+            pending = self._pending
+            if pending is not None:
+                take = min(self._need, end - pos)
+                self._parts.append(data if take == end and pos == 0 else data[pos : pos + take])
+                pos += take
+                self._need -= take
+                if self._need:
+                    break
+                parts, self._parts = self._parts, []
+                self._pending = None
+                frames.append(Frame(*pending, parts[0] if len(parts) == 1 else b"".join(parts)))
+                continue
+            if head or end - pos < HEADER_SIZE:
+                take = min(HEADER_SIZE - len(head), end - pos)
+                head += data[pos : pos + take]
+                pos += take
+                if len(head) < HEADER_SIZE:
+                    break
+                version, ftype, flags, stream_id, length = unpack(head)
+                head.clear()
+            else:
+                version, ftype, flags, stream_id, length = unpack(data, pos)
+                pos += HEADER_SIZE
+            if not (ftype == _DATA and version == VERSION and not flags & ~_KNOWN_FLAGS
+                    and stream_id and length <= MAX_DATA_FRAME):
+                _check_header(version, ftype, flags, stream_id, length)  # the uncommon cases
+            if length and (ftype == _DATA or ftype == _CONTROL):
+                if end - pos >= length:
+                    frames.append(Frame(ftype, flags, stream_id, length, data[pos : pos + length]))
+                    pos += length
+                else:
+                    self._pending = (ftype, flags, stream_id, length)
+                    self._need = length
+            else:
+                frames.append(Frame(ftype, flags, stream_id, length, b""))
         return frames
 
 
