@@ -93,7 +93,7 @@ class MuxStream:
         self.stream_id = stream_id
         self.link = link
         self.protocol: IProtocol | None = None
-        #: Extra objects with C{add_in(n)}/C{add_out(n)}; C{in} = bytes we send.
+        #: L{nps.stats.TrafficCounter}s to charge; C{bytes_in} = bytes we send.
         self.counters: list[Any] = []
         self._send_window = INITIAL_WINDOW
         self._recv_window = INITIAL_WINDOW
@@ -125,9 +125,13 @@ class MuxStream:
     def write(self, data: bytes) -> None:
         if self._local_fin or self._fin_pending or self._finished or not data:
             return
-        if not self._outbuf and len(data) <= self._send_window and len(data) <= MAX_DATA_CHUNK:
-            self._send_window -= len(data)
-            self.mux._send_data(self, data)
+        size = len(data)
+        if not self._outbuf and size <= self._send_window and size <= MAX_DATA_CHUNK:
+            self._send_window -= size
+            mux = self.mux
+            mux._send_data(self, data)
+            if not (mux._writes_paused or self._producer_paused) and self._streaming:
+                return  # the common case: sent, nothing to pause or resume
         else:
             self._outbuf.append(bytes(data))
             self._outbuf_size += len(data)
@@ -219,7 +223,7 @@ class MuxStream:
             raise FrameError(f"stream {self.stream_id}: peer sent {size} bytes beyond its window")
         self._recv_left -= size
         for counter in self.counters:
-            counter.add_out(size)
+            counter.bytes_out += size
         if self._full_close or self._finished:
             # We closed and will never read this: reset, as TCP does on unread data,
             # so the peer neither waits for credit nor for our FIN.
@@ -610,7 +614,7 @@ class Mux:
         if self._closed:
             return
         for counter in stream.counters:
-            counter.add_in(len(data))
+            counter.bytes_in += len(data)
         self._write_sequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
 
     def _wait_for_bridge(self, stream: MuxStream) -> None:

@@ -12,9 +12,3 @@ class TrafficCounter:
     bytes_in: int = 0
     bytes_out: int = 0
     connections: int = 0
-
-    def add_in(self, n: int) -> None:
-        self.bytes_in += n
-
-    def add_out(self, n: int) -> None:
-        self.bytes_out += n

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from nps import mux as mux_module
+from nps.stats import TrafficCounter
 from nps.mux import (
     INITIAL_WINDOW,
     LINGER,
@@ -486,26 +487,15 @@ def test_many_streams_interleaved() -> None:
 
 
 def test_counters_count_both_directions() -> None:
-    """Stream counters get add_in for bytes sent and add_out for bytes received."""
-
-    class Counter:
-        def __init__(self) -> None:
-            self.inn = self.out = 0
-
-        def add_in(self, n: int) -> None:
-            self.inn += n
-
-        def add_out(self, n: int) -> None:
-            self.out += n
-
+    """Stream counters (TrafficCounter) get bytes_in for bytes sent and bytes_out for bytes received."""
     p = Pair()
     near, _, far, _ = p.open()
-    counter = Counter()
+    counter = TrafficCounter()
     near.counters.append(counter)
     near.write(b"x" * 1000)
     far.write(b"y" * 300)
     p.pump()
-    assert (counter.inn, counter.out) == (1000, 300)
+    assert (counter.bytes_in, counter.bytes_out) == (1000, 300)
 
 
 # -- per-stream flow control -------------------------------------------------------------
