@@ -24,41 +24,21 @@ def _plain_tcp(transport: Any) -> bool:
     return isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False)
 
 
-def writer_for(transport: Any) -> Callable[[bytes], None]:
-    """A C{write(data)} for C{transport} that sends at once when it can."""
-    if not _plain_tcp(transport):
-        return transport.write
-    sock = transport.socket
-    queue_write = transport.write
-
-    def write(data: bytes) -> None:
-        if (transport._tempDataLen or len(transport.dataBuffer) > transport.offset
-                or not transport.connected or transport.disconnecting or transport._writeDisconnecting):
-            queue_write(data)
-            return
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            queue_write(data)  # Twisted reports the error on its own path
-            return
-        if sent < len(data):
-            queue_write(data[sent:])
-
-    return write
+def _nothing_queued(transport: Any) -> bool:
+    """True when C{transport} may send right now without reordering anything."""
+    return not (transport._tempDataLen or len(transport.dataBuffer) > transport.offset
+                or not transport.connected or transport.disconnecting or transport._writeDisconnecting)
 
 
 def sequence_writer_for(transport: Any) -> Callable[[Sequence[bytes]], None]:
-    """Like L{writer_for} for a list of buffers, sent with one C{sendmsg} (no join)."""
+    """A C{writeSequence(buffers)} for C{transport} that sends at once (one C{sendmsg}, no join) when it can."""
     if not _plain_tcp(transport):
         return transport.writeSequence
     sock = transport.socket
     queue_sequence = transport.writeSequence
 
     def write_sequence(buffers: Sequence[bytes]) -> None:
-        if (transport._tempDataLen or len(transport.dataBuffer) > transport.offset
-                or not transport.connected or transport.disconnecting or transport._writeDisconnecting):
+        if not _nothing_queued(transport):
             queue_sequence(buffers)
             return
         try:
@@ -66,7 +46,7 @@ def sequence_writer_for(transport: Any) -> Callable[[Sequence[bytes]], None]:
         except BlockingIOError:
             sent = 0
         except OSError:
-            queue_sequence(buffers)
+            queue_sequence(buffers)  # Twisted reports the error on its own path
             return
         rest = []
         for buf in buffers:
@@ -79,6 +59,14 @@ def sequence_writer_for(transport: Any) -> Callable[[Sequence[bytes]], None]:
             queue_sequence(rest)
 
     return write_sequence
+
+
+def writer_for(transport: Any) -> Callable[[bytes], None]:
+    """Like L{sequence_writer_for}, for one buffer at a time."""
+    if not _plain_tcp(transport):
+        return transport.write
+    write_sequence = sequence_writer_for(transport)
+    return lambda data: write_sequence((data,))
 
 
 def enlarge_reads(transport: Any, size: int = READ_SIZE) -> None:

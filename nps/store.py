@@ -336,6 +336,20 @@ class _Codec:
             row[name] = value
         return row
 
+    def insert(self, db: sqlite3.Connection, record: Any) -> Any:
+        """
+        Insert C{record} as a new row.
+
+        @return: C{record} with the C{id} the database gave it.
+        """
+        row = self.to_row(record)
+        cur = db.execute(
+            f"INSERT INTO {self.table} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+            tuple(row.values()),
+        )
+        assert cur.lastrowid is not None
+        return attrs.evolve(record, id=cur.lastrowid)
+
 
 @attrs.frozen
 class Snapshot:
@@ -612,15 +626,9 @@ class Store:
             else:
                 self._ensure_vkey_free(db, vkey, None)
             record = ClientRecord(id=0, vkey=vkey, **checked)
-            row = self._clients.to_row(record)
-            cur = db.execute(
-                f"INSERT INTO clients ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                tuple(row.values()),
-            )
-            client_id = cur.lastrowid
-            assert client_id is not None
+            record = self._clients.insert(db, record)
             self._bump(db)
-        return attrs.evolve(record, id=client_id)
+        return record
 
     def get_client(self, client_id: int) -> ClientRecord:
         """
@@ -869,15 +877,9 @@ class Store:
         with self._write() as db:
             tunnel = Tunnel(id=0, **checked)
             tunnel = self._validate_tunnel(db, tunnel, None)
-            row = self._tunnels.to_row(tunnel)
-            cur = db.execute(
-                f"INSERT INTO tunnels ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                tuple(row.values()),
-            )
-            tunnel_id = cur.lastrowid
-            assert tunnel_id is not None
+            tunnel = self._tunnels.insert(db, tunnel)
             self._bump(db)
-        return attrs.evolve(tunnel, id=tunnel_id)
+        return tunnel
 
     def get_tunnel(self, tunnel_id: int) -> Tunnel:
         """

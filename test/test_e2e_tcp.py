@@ -111,29 +111,8 @@ def start_tool_server(spawn: Callable[..., Proc], mode: str, *args: str) -> int:
     return port
 
 
-def until(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.25) -> Any:
-    """
-    Call C{check} until it returns something truthy (exceptions count as
-    "not yet"); bounded by C{timeout} seconds and a number of attempts.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    for _ in range(int(timeout / interval) + 10):
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except Exception as e:  # noqa: BLE001 - "not yet"
-            last = e
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:g}s; last result: {last!r}")
-
-
-def count_in_log(proc: Proc, substring: str) -> int:
-    return sum(1 for line in proc.log_text().splitlines() if substring in line)
+until = support.until
+count_in_log = support.count_in_log
 
 
 def wait_for_log_count(proc: Proc, substring: str, count: int, timeout: float = 60.0) -> None:
