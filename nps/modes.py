@@ -2,6 +2,7 @@
 """Find the proxy modes: every C{IProxyMode} plugin in C{nps.plugins}."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import twisted.plugin
@@ -17,7 +18,10 @@ log = Logger()
 def load_modes() -> dict[str, Any]:
     """Map C{mode=} names to their IProxyMode providers."""
     quiet_plugin_cache()
-    found = list(twisted.plugin.getPlugins(IProxyMode, nps.plugins))
+    with warnings.catch_warnings():
+        # PEP 660 editable installs put nps/ outside sys.path; Twisted warns but finds the plugins.
+        warnings.filterwarnings("ignore", message=".*not in path importer cache.*")
+        found = list(twisted.plugin.getPlugins(IProxyMode, nps.plugins))
     modes: dict[str, Any] = {}
     for mode in found:
         name = getattr(mode, "name", None)

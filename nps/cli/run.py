@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import signal
 import sys
 from typing import Any, Callable, TextIO
 
@@ -55,7 +56,9 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
     from nps.reactor import install
 
     install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
 
     exit_code = [0]
 
@@ -80,5 +83,16 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
         return 1
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stopping:
+            return  # a second TERM/INT (e.g. sent to the whole process group) changes nothing
+        stopping.append(signum)
+        log.info("{name}: received {signal}, shutting down", name=name, signal=signal.Signals(signum).name)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reactor.run(installSignalHandlers=False)
     return exit_code[0]
