@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nps.fastwrite import sequence_writer_for, writer_for
+from nps.fastwrite import sequence_writer_for
 from nps.protocols.frames import (
     MAX_DATA_CHUNK,
     Flag,
@@ -405,8 +405,9 @@ class Mux:
         self._ping_sent: dict[int, float] = {}
         self.rtt: float | None = None
         self._ping_call: IDelayedCall | None = None
-        self._write = writer_for(transport)
-        self._write_sequence = sequence_writer_for(transport)
+        self._send_now = sequence_writer_for(transport)
+        self._corked: list[bytes] = []
+        self._can_cork = getattr(clock, "call_after_dispatch", None) is not None
         transport.registerProducer(self, True)
         if ping_interval > 0:
             self._ping_call = clock.callLater(ping_interval, self._keepalive)
@@ -454,7 +455,7 @@ class Mux:
             self.send_control({"type": "goaway", "code": int(code), "reason": reason})
         self._send_frame(FrameType.GO_AWAY, Flag.NONE, 0, length=int(code))
         self.close_reason = reason or code.name.lower()
-        self.transport.loseConnection()
+        self._close_transport()
 
     def accept_stream(self, stream: MuxStream, protocol: IProtocol) -> None:
         """Accept a stream the peer opened and attach C{protocol} to it."""
@@ -488,7 +489,7 @@ class Mux:
                        name=self._name, peer=peer, message=message)
         self.close_reason = f"protocol error: {message}"
         self._send_frame(FrameType.GO_AWAY, Flag.NONE, 0, length=int(GoAwayCode.PROTOCOL_ERROR))
-        self.transport.abortConnection() if hasattr(self.transport, "abortConnection") else self.transport.loseConnection()
+        self._close_transport(abort=True)
         self.connection_lost(self.close_reason)
 
     def connection_lost(self, reason: str) -> None:
@@ -533,7 +534,7 @@ class Mux:
             code = _code_name(frame.length)
             if not self.close_reason:
                 self.close_reason = f"peer closed the session ({code})"
-            self.transport.loseConnection()
+            self._close_transport()
         elif ftype == _CONTROL:
             try:
                 message = json.loads(frame.payload.decode("utf-8"))
@@ -608,7 +609,7 @@ class Mux:
     ) -> None:
         if self._closed:
             return
-        self._write(encode(ftype, flags, stream_id, payload, length))
+        self._write_sequence([encode(ftype, flags, stream_id, payload, length)])
 
     def _send_data(self, stream: MuxStream, data: bytes) -> None:
         if self._closed:
@@ -616,6 +617,31 @@ class Mux:
         for counter in stream.counters:
             counter.bytes_in += len(data)
         self._write_sequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
+
+    def _write_sequence(self, buffers: list[bytes]) -> None:
+        """Send frames, gathering those of one reactor poll into one C{sendmsg}."""
+        if self._can_cork and self._clock.dispatching:  # type: ignore[attr-defined]
+            if not self._corked:
+                self._clock.call_after_dispatch(self.uncork)  # type: ignore[attr-defined]
+            self._corked.extend(buffers)
+        elif self._corked:
+            self._corked.extend(buffers)
+            self.uncork()
+        else:
+            self._send_now(buffers)
+
+    def uncork(self) -> None:
+        """Send whatever frames are gathered (before any close, and after each poll)."""
+        corked, self._corked = self._corked, []
+        if corked and self.transport.connected:
+            self._send_now(corked)
+
+    def _close_transport(self, abort: bool = False) -> None:
+        self.uncork()
+        if abort and hasattr(self.transport, "abortConnection"):
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def _wait_for_bridge(self, stream: MuxStream) -> None:
         self._waiting_streams.add(stream)
@@ -678,10 +704,7 @@ class Mux:
             self.log.warn("{name}: peer {peer} silent for {silent:.0f}s (timeout {timeout:.0f}s); closing",
                           name=self._name, peer=self._peer_text(), silent=silent, timeout=self._idle_timeout)
             self.close_reason = f"peer silent for {silent:.0f}s"
-            if hasattr(self.transport, "abortConnection"):
-                self.transport.abortConnection()
-            else:
-                self.transport.loseConnection()
+            self._close_transport(abort=True)
             self.connection_lost(self.close_reason)
             return
         self._ping_seq = (self._ping_seq + 1) & 0xFFFFFFFF

@@ -10,13 +10,32 @@ handled by the reactor's own C{_doReadOrWrite}.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class LeanEPollReactor(EPollReactor):
-    """C{EPollReactor} minus the per-event logging context."""
+    """C{EPollReactor} minus the per-event logging context, plus after-dispatch hooks.
+
+    L{call_after_dispatch} lets a writer gather what the ready descriptors of
+    one poll produce and send it once, when they have all been handled (the
+    bridge corks its frames this way).  Outside event dispatch there is
+    nothing to wait for, so L{dispatching} is False and writers send at once.
+    """
+
+    dispatching = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_dispatch: list[Callable[[], None]] = []
+
+    def call_after_dispatch(self, hook: Callable[[], None]) -> None:
+        """Run C{hook} once the events of the current poll are all handled."""
+        self._after_dispatch.append(hook)
 
     def doPoll(self, timeout: float | None) -> None:
         try:
@@ -27,10 +46,23 @@ class LeanEPollReactor(EPollReactor):
             raise
         selectables = self._selectables
         dispatch = self._doReadOrWrite
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is not None:
-                dispatch(selectable, fd, event)
+        self.dispatching = True
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is not None:
+                    dispatch(selectable, fd, event)
+        finally:
+            self.dispatching = False
+            hooks = self._after_dispatch
+            while hooks:
+                self._after_dispatch = []
+                for hook in hooks:
+                    try:
+                        hook()
+                    except Exception:
+                        log.failure("after-dispatch hook {hook!r} failed", hook=hook)
+                hooks = self._after_dispatch
 
     doIteration = doPoll
 
