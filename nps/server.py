@@ -203,7 +203,9 @@ class NpsServer(MultiService):
         self.client_counters.setdefault(session.client_id, TrafficCounter())
         self.log.info("client {id} ({remark}) online from {remote}, npc {version}",
                       id=session.client_id, remark=session.remark, remote=session.remote, version=session.version)
-        if not session.public:
+        if session.public:
+            self._record_public(session)
+        else:
             self.store.call("set_client_online", session.client_id, True,
                             remote_addr=session.remote, version=session.version).addErrback(self._store_failed)
 
@@ -211,7 +213,9 @@ class NpsServer(MultiService):
         reason = session.mux.close_reason if session.mux is not None else "closed"
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-            if not session.public:
+            if session.public:
+                self.store.call("end_public_session", session.client_id).addErrback(self._store_failed)
+            else:
                 self.store.call("set_client_online", session.client_id, False,
                                 remote_addr=session.remote).addErrback(self._store_failed)
         for tunnel_id in session.config_tunnels:
@@ -221,6 +225,13 @@ class NpsServer(MultiService):
         self.log.info("client {id} offline ({reason}); traffic so far: {n} connections, "
                       "{bytes_in} bytes in, {bytes_out} bytes out", id=session.client_id, reason=reason,
                       n=counter.connections, bytes_in=counter.bytes_in, bytes_out=counter.bytes_out)
+
+    def _record_public(self, session: ClientSession) -> None:
+        """Show a public-key npc (and its open tunnels) in C{nps client list}."""
+        open_tunnels = sum(1 for tunnel_id in session.config_tunnels if tunnel_id in self.tunnels)
+        self.store.call("set_public_session", session.client_id, remark=session.remark,
+                        remote_addr=session.remote, version=session.version,
+                        tunnels=open_tunnels).addErrback(self._store_failed)
 
     def _drop_session(self, session: ClientSession, code: GoAwayCode, reason: str) -> None:
         if self.sessions.get(session.client_id) is session:
@@ -273,6 +284,8 @@ class NpsServer(MultiService):
                        for remark, error in zip(remarks, errors)]
             if session.mux is not None:
                 session.mux.send_control({"type": "registered", "results": results})
+            if session.public and self.sessions.get(session.client_id) is session:
+                self._record_public(session)
 
         gatherResults(pending).addCallback(report)
 

@@ -153,12 +153,34 @@ def _migrate_v1(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES ('revision', 0)")
 
 
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """
+    Add C{public_sessions}: npcs online with the server's C{public_vkey}
+    (config-file mode). Runtime state only, so C{nps client list} can show them.
+
+    @param db: A connection inside the migration's transaction.
+    """
+    db.execute(
+        """
+        CREATE TABLE public_sessions (
+            id INTEGER PRIMARY KEY,
+            remark TEXT NOT NULL DEFAULT '',
+            remote_addr TEXT NOT NULL DEFAULT '',
+            version TEXT NOT NULL DEFAULT '',
+            since REAL NOT NULL DEFAULT 0,
+            tunnels INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+
+
 #: Ordered schema migrations. C{MIGRATIONS[n - 1]} takes a database from
 #: C{user_version} I{n - 1} to I{n}; it runs inside a write transaction
 #: (so it must not use C{executescript} or change C{foreign_keys}) and must
 #: not touch C{user_version} itself. Only ever append.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
+    _migrate_v2,
 ]
 
 
@@ -737,6 +759,38 @@ class Store:
         """
         with self._write() as db:
             db.execute("UPDATE clients SET online = 0 WHERE online != 0")
+            db.execute("DELETE FROM public_sessions")
+
+    def set_public_session(
+        self, session_id: int, remark: str = "", remote_addr: str = "", version: str = "",
+        tunnels: int = 0, when: float | None = None,
+    ) -> None:
+        """
+        Record (or update) an npc online with the public key. Runtime state:
+        does not bump L{revision}.
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO public_sessions (id, remark, remote_addr, version, since, tunnels)"
+                " VALUES (?, ?, ?, ?, COALESCE((SELECT since FROM public_sessions WHERE id = ?), ?), ?)",
+                (session_id, remark, remote_addr, version, session_id,
+                 time.time() if when is None else when, tunnels),
+            )
+
+    def end_public_session(self, session_id: int) -> None:
+        """
+        Forget a public-key npc that went offline.
+        """
+        with self._write() as db:
+            db.execute("DELETE FROM public_sessions WHERE id = ?", (session_id,))
+
+    def list_public_sessions(self) -> list[dict[str, Any]]:
+        """
+        @return: The public-key npcs online now, oldest first.
+        """
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM public_sessions ORDER BY since, id").fetchall()
+        return [dict(row) for row in rows]
 
     # -- tunnels ------------------------------------------------------------
 

@@ -166,7 +166,8 @@ class ServerClientTests(TestCase):
 
     @inlineCallbacks
     def test_config_mode_registration(self):  # type: ignore[no-untyped-def]
-        """With public_vkey, npc.conf tunnels open on connect; refused ones get reasons; all close on leave."""
+        """With public_vkey, npc.conf tunnels open on connect; refused ones get reasons; the npc is listed
+        as a public session with its open tunnel; all of it goes away when it leaves."""
         server = self.start_server(public_vkey="a-long-public-key-for-tests", allow_ports=((20000, 60000),))
         good_port = self.free_port()
         while not 20000 <= good_port <= 60000:
@@ -184,8 +185,19 @@ class ServerClientTests(TestCase):
         self.assertEqual({t.tunnel.remark for t in server.tunnels.values()}, {"good"})
         received = yield self.roundtrip(good_port, b"config-mode")
         self.assertEqual(received, b"config-mode")
+        sessions: list[Any] = []
+        for _ in range(200):  # the store write happens off the reactor thread
+            sessions = yield server.store.call("list_public_sessions")
+            if sessions and sessions[0]["tunnels"] == 1:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(sessions), 1)
+        self.assertEqual(sessions[0]["tunnels"], 1)
+        self.assertEqual(sessions[0]["remote_addr"].split(":")[0], "127.0.0.1")
         yield client.stopService()
         yield wait_for(lambda: not server.tunnels)
+        remaining = yield server.store.call("list_public_sessions")
+        self.assertEqual(remaining, [])
 
     @inlineCallbacks
     def test_wrong_vkey_is_fatal_for_npc(self):  # type: ignore[no-untyped-def]

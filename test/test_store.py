@@ -736,3 +736,24 @@ class AsyncStoreOpenFailureTests(unittest.TestCase):
         self.assertEqual(client.remark, "svc")
         yield parent.stopService()
         yield self.assertFailure(store.call("list_clients"), StoreError)
+
+
+def test_public_sessions_are_runtime_state(tmp_path: Path) -> None:
+    """Public-key npcs are recorded, updated in place (keeping their start time), ended,
+    cleared by mark_all_offline, and never bump the revision."""
+    store = Store(str(tmp_path))
+    try:
+        revision = store.revision()
+        store.set_public_session(-1, remark="a", remote_addr="127.0.0.1:5000", version="0.1.0", when=100.0)
+        store.set_public_session(-1, remark="a", remote_addr="127.0.0.1:5000", version="0.1.0", tunnels=2,
+                                 when=200.0)
+        store.set_public_session(-3, remark="b", when=150.0)
+        sessions = store.list_public_sessions()
+        assert [(s["id"], s["since"], s["tunnels"]) for s in sessions] == [(-1, 100.0, 2), (-3, 150.0, 0)]
+        store.end_public_session(-3)
+        assert [s["id"] for s in store.list_public_sessions()] == [-1]
+        store.mark_all_offline()
+        assert store.list_public_sessions() == []
+        assert store.revision() == revision
+    finally:
+        store.close()

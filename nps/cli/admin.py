@@ -275,15 +275,32 @@ def _client_list(args: argparse.Namespace, ctx: _Context) -> int:
     counts: dict[int, int] = {}
     for t in snap.tunnels:
         counts[t.client_id] = counts.get(t.client_id, 0) + 1
+    public = ctx.store.list_public_sessions()
     if args.json:
-        ctx.print_json([dict(attrs.asdict(c), tunnels=counts.get(c.id, 0)) for c in snap.clients])
+        ctx.print_json([dict(attrs.asdict(c), tunnels=counts.get(c.id, 0)) for c in snap.clients]
+                       + [dict(p, public=True, online=True) for p in public])
         return EXIT_OK
-    if not snap.clients:
+    if not snap.clients and not public:
         ctx.print("No clients. Add one with: nps client add --remark NAME")
         return EXIT_OK
     rows = [[c.id, c.remark, c.vkey, _status(c), counts.get(c.id, 0)] for c in snap.clients]
+    rows += [[p["id"], p["remark"], "(public_vkey)", _public_status(p), p["tunnels"]] for p in public]
     ctx.print(*_table(("ID", "REMARK", "VKEY", "STATUS", "TUNNELS"), rows))
     return EXIT_OK
+
+
+def _public_status(session: dict[str, Any]) -> str:
+    """
+    @return: The status of an npc online with the public key (config-file mode).
+    """
+    details = ["config-file mode"]
+    if session["remote_addr"]:
+        details.append(f"from {session['remote_addr']}")
+    if session["version"]:
+        details.append(f"npc {session['version']}")
+    if session["since"]:
+        details.append(f"since {_when(session['since'])}")
+    return "online (" + ", ".join(details) + ")"
 
 
 def _client_show(args: argparse.Namespace, ctx: _Context) -> int:
