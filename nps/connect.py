@@ -29,10 +29,19 @@ class _OneShotFactory(ClientFactory):
         self._connected = connected
 
     def buildProtocol(self, addr: Any) -> Any:
-        # Fires as the connection is made, just before the protocol's connectionMade.
-        if not self._connected.called:
-            self._connected.callback(self._protocol)
-        return self._protocol
+        protocol = self._protocol
+        connected = self._connected
+        make_connection = protocol.makeConnection
+
+        def made(transport: Any) -> None:
+            # Fire after connectionMade, as endpoints do, then get out of the way.
+            del protocol.makeConnection
+            make_connection(transport)
+            if not connected.called:
+                connected.callback(protocol)
+
+        protocol.makeConnection = made
+        return protocol
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self._connected.called:

@@ -106,7 +106,8 @@ class MuxStream:
         self._producer: Any = None
         self._streaming = True
         self._producer_paused = False
-        self._open = False
+        #: Fires when the peer accepts a stream we opened (see L{Mux.start_stream}).
+        self.opened: Deferred[MuxStream] | None = None
         self._local_fin = False  # FIN sent
         self._fin_pending = False  # FIN to send once outbuf drains
         self._full_close = False  # our protocol is gone; discard reads
@@ -211,8 +212,8 @@ class MuxStream:
 
     # -- called by the Mux --------------------------------------------------
 
-    def _attach(self, protocol: IProtocol) -> None:
-        self._open = True
+    def attach(self, protocol: IProtocol) -> None:
+        """Connect C{protocol} to this stream (it becomes the stream's transport)."""
         self.protocol = protocol
         protocol.makeConnection(self)
         self._drain_inbuf()
@@ -420,18 +421,36 @@ class Mux:
 
     def open_stream(self, link: dict[str, Any], timeout: float = OPEN_TIMEOUT) -> Deferred[MuxStream]:
         """Open a stream carrying C{link}; fires once the peer accepts it."""
+        try:
+            stream = self.start_stream(link, timeout)
+        except StreamRefused as e:
+            return _failed(e)
+        assert stream.opened is not None
+        return stream.opened
+
+    def start_stream(self, link: dict[str, Any], timeout: float = OPEN_TIMEOUT) -> MuxStream:
+        """Send the SYN for a new stream and return it at once.
+
+        A protocol may be attached (L{MuxStream.attach}) and write before
+        the peer answers, which saves a round trip: the peer holds up to a
+        window of data until it accepts, and a refusal ends the stream like
+        a reset.  C{stream.opened} fires when the peer accepts.
+
+        @raise StreamRefused: the bridge is closed or has too many streams.
+        """
         if self._closed:
-            return _failed(StreamRefused(f"bridge closed: {self.close_reason}"))
+            raise StreamRefused(f"bridge closed: {self.close_reason}")
         if len(self._streams) >= MAX_STREAMS:
-            return _failed(StreamRefused("too many streams on this bridge"))
+            raise StreamRefused("too many streams on this bridge")
         stream_id = self._allocate_id()
         stream = MuxStream(self, stream_id, link)
         self._streams[stream_id] = stream
         d: Deferred[MuxStream] = Deferred(lambda _: self._cancel_open(stream, "cancelled"))
         timer = self._clock.callLater(timeout, self._cancel_open, stream, "peer did not answer in time")
         self._pending_opens[stream_id] = (d, timer)
+        stream.opened = d
         self._send_frame(FrameType.DATA, Flag.SYN, stream_id, json.dumps(link).encode("utf-8"))
-        return d
+        return stream
 
     def _allocate_id(self) -> int:
         """The next free stream id of our parity, wrapping around past 2**32."""
@@ -464,7 +483,7 @@ class Mux:
             protocol.connectionLost(Failure(ConnectionLost("stream closed before it was accepted")))
             return
         self._send_frame(FrameType.DATA, Flag.ACK, stream.stream_id)
-        stream._attach(protocol)
+        stream.attach(protocol)
 
     def refuse_stream(self, stream: MuxStream, reason: str) -> None:
         stream.reset(reason)
@@ -572,7 +591,6 @@ class Mux:
                 d, timer = pending
                 if timer.active():
                     timer.cancel()
-                stream._open = True
                 d.callback(stream)
         if frame.payload:
             stream._on_data(frame.payload)

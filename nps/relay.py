@@ -48,6 +48,10 @@ class Relay(Protocol):
             join(self, peer)
 
     _write_peer: Any = None
+    _early: list[bytes]
+
+    def __init__(self) -> None:
+        self._early = []
 
     def dataReceived(self, data: bytes) -> None:
         write = self._write_peer
@@ -55,8 +59,13 @@ class Relay(Protocol):
             write(data)
             return
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.gone:
+        if peer is not None and peer.transport is not None and peer.connected and not peer.gone:
             peer.transport.write(data)
+        elif not self.joined and not self.gone and (peer is None or not peer.gone):
+            # The far side is not connected yet: keep the bytes for join(), and stop
+            # reading until then (at most one read's worth is held).
+            self._early.append(data)
+            self.transport.pauseProducing()
 
     def readConnectionLost(self) -> None:
         peer = self.peer
@@ -94,6 +103,10 @@ def join(a: Relay, b: Relay) -> None:
     tb.registerProducer(ta, True)
     a._write_peer = writer_for(tb)
     b._write_peer = writer_for(ta)
+    for side in (a, b):
+        early, side._early = side._early, []
+        for data in early:
+            side._write_peer(data)
     for transport in (ta, tb):
         resume = getattr(transport, "resumeProducing", None)
         if resume is not None:

@@ -20,7 +20,7 @@ from nps import __version__
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
 from nps.config import ServerConfig, port_allowed
 from nps.model import ClientRecord, Tunnel
-from nps.mux import MuxStream
+from nps.mux import StreamRefused
 from nps.protocols.frames import GoAwayCode
 from nps.protocols.handshake import key_id
 from nps.stats import TrafficCounter
@@ -71,23 +71,31 @@ class StreamEndpoint:
         self._counters = counters
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        """Open the stream and attach the protocol at once (it may write before npc answers)."""
         session = self._server.sessions.get(self._client_id)
         if session is None or session.mux is None:
             return fail(ClientOffline(f"client {self._client_id} is offline"))
+        try:
+            stream = session.mux.start_stream(self._link)
+        except StreamRefused as e:
+            return fail(e)
         for counter in self._counters:
             counter.connections += 1
+        stream.counters.extend(self._counters)
+        protocol = protocolFactory.buildProtocol(stream.getPeer())
+        if protocol is None:
+            stream.reset("refused locally")
+            return fail(ConnectionRefusedError("factory refused the stream"))
+        assert stream.opened is not None
+        stream.opened.addErrback(self._refused)
+        stream.attach(protocol)
+        return succeed(protocol)
 
-        def opened(stream: MuxStream) -> Any:
-            stream.counters.extend(self._counters)
-            protocol = protocolFactory.buildProtocol(stream.getPeer())
-            if protocol is None:
-                stream.reset("refused locally")
-                raise ConnectionError("factory refused the stream")
-            stream._attach(protocol)
-            return protocol
-
-        d: Deferred[MuxStream] = session.mux.open_stream(self._link)
-        return d.addCallback(opened)
+    def _refused(self, failure: Any) -> None:
+        link = self._link
+        self._server.log.info("client {client}: stream to {target} for {remote} refused: {reason}",
+                              client=self._client_id, target=link.get("target"), remote=link.get("remote"),
+                              reason=failure.getErrorMessage())
 
 
 class NpsServer(MultiService):

@@ -237,7 +237,7 @@ class Pair:
         near = result_of(d)
         assert isinstance(near, MuxStream), near
         near_proto = opener_proto or Proto()
-        near._attach(near_proto)  # what nps.server.StreamEndpoint does with an opened stream
+        near.attach(near_proto)  # what nps.server.StreamEndpoint does with an opened stream
         self.pump()
         return near, near_proto, far, far_proto
 
@@ -422,7 +422,7 @@ def test_data_before_the_opener_attaches_is_kept() -> None:
     p.pump()
     near = result_of(d)
     proto = HalfProto()
-    near._attach(proto)
+    near.attach(proto)
     assert bytes(proto.received) == b"SSH-2.0-banner\r\n"
     assert proto.events == ["made", "read_lost"]
 

@@ -369,3 +369,19 @@ def test_user_gone_during_a_big_download_releases_the_backend() -> None:
     assert t.backend.disconnecting or t.backend.producerState != "paused", "backend left paused forever"
     assert t.pair.client.stream_count == 0
     assert t.pair.server.stream_count == 0, "the npc-side stream leaks"
+
+
+def test_bytes_before_the_far_side_connects_are_kept() -> None:
+    """Data read before the far half is connected waits (reading paused) and goes out first at join."""
+    a = Relay()
+    b = RelayFactory(a).buildProtocol(None)
+    ta, tb = TCPish(), TCPish()
+    a.makeConnection(ta)
+    a.dataReceived(b"early ")
+    a.dataReceived(b"bytes")
+    assert ta.producerState == "paused"
+    b.makeConnection(tb)
+    assert tb.value() == b"early bytes"
+    assert ta.producerState == "producing"
+    a.dataReceived(b" then more")
+    assert tb.value() == b"early bytes then more"

@@ -32,7 +32,6 @@ class PublicTcpProtocol(Relay):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.pauseProducing()
         peer = self.transport.getPeer()
         link = {
             "mode": "tcp",
@@ -41,6 +40,8 @@ class PublicTcpProtocol(Relay):
             "tunnel": self.factory.tunnel.id,
         }
         d = self.factory.opener(link).connect(RelayFactory(self))
+        if not d.called:
+            self.transport.pauseProducing()  # until the stream side joins (which resumes it)
         d.addErrback(self._open_failed, link)
 
     def _open_failed(self, failure: Failure, link: dict[str, Any]) -> None:
