@@ -99,9 +99,10 @@ class MuxStream:
         self._recv_window = INITIAL_WINDOW
         self._recv_left = INITIAL_WINDOW
         self._consumed = 0
-        self._outbuf: deque[bytes] = deque()
+        # Buffers are made on first use: an idle stream should cost little memory.
+        self._outbuf: deque[bytes] | None = None
         self._outbuf_size = 0
-        self._inbuf: deque[bytes] = deque()
+        self._inbuf: deque[bytes] | None = None
         self._read_paused = False
         self._producer: Any = None
         self._streaming = True
@@ -134,6 +135,8 @@ class MuxStream:
             if not (mux._writes_paused or self._producer_paused) and self._streaming:
                 return  # the common case: sent, nothing to pause or resume
         else:
+            if self._outbuf is None:
+                self._outbuf = deque()
             self._outbuf.append(bytes(data))
             self._outbuf_size += len(data)
             self._flush()
@@ -156,7 +159,7 @@ class MuxStream:
         if self._finished or self._full_close:
             return
         self._full_close = True
-        self._inbuf.clear()
+        self._inbuf = None
         if self._local_fin:
             self._finish_local()
         else:
@@ -234,6 +237,8 @@ class MuxStream:
                 self._finish(Failure(ConnectionDone()))
             return
         if self._read_paused or self._inbuf or self.protocol is None:
+            if self._inbuf is None:
+                self._inbuf = deque()
             self._inbuf.append(payload)
         else:
             self._deliver(payload)
@@ -253,8 +258,10 @@ class MuxStream:
             self.mux._send_frame(FrameType.WINDOW_UPDATE, Flag.NONE, self.stream_id, length=credit)
 
     def _drain_inbuf(self) -> None:
-        while self._inbuf and not self._read_paused and self.protocol is not None and not self._finished:
-            self._deliver(self._inbuf.popleft())
+        inbuf = self._inbuf
+        while inbuf and inbuf is self._inbuf and not self._read_paused and self.protocol is not None \
+                and not self._finished:
+            self._deliver(inbuf.popleft())
         if self._remote_fin and not self._inbuf and not self._read_paused:
             self._deliver_eof()
 
@@ -284,15 +291,16 @@ class MuxStream:
             self.loseConnection()
 
     def _flush(self) -> None:
-        while self._outbuf and self._send_window > 0:
-            head = self._outbuf[0]
+        outbuf = self._outbuf
+        while outbuf and outbuf is self._outbuf and self._send_window > 0:
+            head = outbuf[0]
             size = min(len(head), self._send_window, MAX_DATA_CHUNK)
             if size == len(head):
-                self._outbuf.popleft()
+                outbuf.popleft()
                 chunk = head
             else:
                 chunk = head[:size]
-                self._outbuf[0] = head[size:]
+                outbuf[0] = head[size:]
             self._outbuf_size -= size
             self._send_window -= size
             self.mux._send_data(self, chunk)
@@ -353,8 +361,8 @@ class MuxStream:
             return
         self.disconnected = True
         self._finished = True
-        self._outbuf.clear()
-        self._inbuf.clear()
+        self._outbuf = None
+        self._inbuf = None
         self.mux._waiting_streams.discard(self)
         producer, self._producer = self._producer, None
         if producer is not None:
