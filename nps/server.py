@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
@@ -360,7 +360,7 @@ class NpsServer(MultiService):
         self.log.info("tunnel {id} ({remark}) closed after {n} connections, {bytes_in} bytes in, "
                       "{bytes_out} bytes out", id=tunnel_id, remark=running.tunnel.remark,
                       n=counter.connections, bytes_in=counter.bytes_in, bytes_out=counter.bytes_out)
-        return Deferred.fromCoroutine(_stop(running.port))
+        return maybeDeferred(running.port.stopListening)
 
     # -- store sync ---------------------------------------------------------------------
 
@@ -378,6 +378,8 @@ class NpsServer(MultiService):
                 self._drop_session(session, GoAwayCode.REJECTED, "client deleted on the server")
             elif not client.enabled:
                 self._drop_session(session, GoAwayCode.REJECTED, "client disabled on the server")
+                self.store.call("set_client_online", client_id, False,
+                                remote_addr=session.remote).addErrback(self._store_failed)
 
     def _sync_tunnels(self, snapshot: Snapshot) -> None:
         wanted = {t.id: t for t in snapshot.tunnels if t.enabled and t.client_id in self._clients}
@@ -422,10 +424,6 @@ class NpsServer(MultiService):
 
     def _store_failed(self, failure: Any) -> None:
         self.log.failure("store operation failed", failure)
-
-
-async def _stop(port: Any) -> None:
-    await port.stopListening()
 
 
 def _remark(record: Any) -> str:

@@ -243,3 +243,28 @@ class ServerClientTests(TestCase):
         received = yield self.roundtrip(port, b"again")
         self.assertEqual(received, b"again")
         self.assertEqual(self.fatal, [])
+
+    @inlineCallbacks
+    def test_disabled_client_is_dropped_and_comes_back_when_enabled(self):  # type: ignore[no-untyped-def]
+        """Disabling a client in the store disconnects it and marks it offline; npc keeps retrying
+        and is back once the client is enabled again."""
+        record = self.add_client()
+        server = self.start_server()
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions)
+        store = Store(self.data_dir)
+        try:
+            store.update_client(record.id, enabled=False)
+            yield server.refresh()
+            self.assertNotIn(record.id, server.sessions)
+            for _ in range(100):
+                if not store.get_client(record.id).online:
+                    break
+                yield deferLater(reactor, 0.05, lambda: None)
+            self.assertFalse(store.get_client(record.id).online)
+            store.update_client(record.id, enabled=True)
+        finally:
+            store.close()
+        yield server.refresh()
+        yield wait_for(lambda: record.id in server.sessions, timeout=20)
+        self.assertEqual(self.fatal, [])
