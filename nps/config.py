@@ -19,12 +19,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 __all__ = [
+    "BUILT_MODES",
     "ConfigError",
     "ServerConfig",
     "CommonConfig",
@@ -795,9 +796,13 @@ def load_server_config(path: str | None) -> ServerConfig:
 TUNNEL_MODES: Mapping[str, str] = {
     m.lower(): m for m in ("tcp", "udp", "socks5", "httpProxy", "secret", "p2p", "file")
 }
-_BUILT_MODES = frozenset({"tcp"})
+#: Modes this release serves; a caller that loaded the mode plugins passes their
+#: names instead (see L{parse_client_config}'s C{modes}).
+BUILT_MODES = frozenset({"tcp"})
 #: Modes whose public side is a TCP listener (they cannot share a port).
 _TCP_LISTENER_MODES = frozenset({"tcp", "socks5", "httpProxy", "file"})
+#: Keys a mode added by a third-party plugin may use.
+_PLUGIN_MODE_KEYS = frozenset({"server_port", "server_ip", "target_addr", "password", "local_path", "strip_pre"})
 _MODE_KEYS: Mapping[str, frozenset[str]] = {
     "tcp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip"}),
     "udp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip"}),
@@ -1231,7 +1236,7 @@ def _build_common(reader: _Reader, unsupported: list[str]) -> CommonConfig:
     return CommonConfig(**values)
 
 
-def _build_tunnel(reader: _Reader, unsupported: list[str]) -> TunnelSection:
+def _build_tunnel(reader: _Reader, unsupported: list[str], modes: Collection[str]) -> TunnelSection:
     """
     Read a tunnel section (one with C{mode=}, or any section that is not
     something else).
@@ -1247,12 +1252,13 @@ def _build_tunnel(reader: _Reader, unsupported: list[str]) -> TunnelSection:
             f"section [{name}] has neither mode= (tunnel) nor host= (domain); "
             f"expected mode= one of {', '.join(TUNNEL_MODES.values())}",
         )
-    mode = _convert_or_raise(reader, "mode", _choice_converter(*TUNNEL_MODES.values()))
+    plugin_modes = sorted(set(modes) - set(TUNNEL_MODES.values()))
+    mode = _convert_or_raise(reader, "mode", _choice_converter(*TUNNEL_MODES.values(), *plugin_modes))
     reader.warn_unknown(KNOWN_TUNNEL_KEYS)
     for key, (_, line) in reader.section.entries.items():
-        if key in KNOWN_TUNNEL_KEYS and key != "mode" and key not in _MODE_KEYS[mode]:
+        if key in KNOWN_TUNNEL_KEYS and key != "mode" and key not in _MODE_KEYS.get(mode, _PLUGIN_MODE_KEYS):
             reader.warn(line, f"key {key!r} has no effect with mode {mode!r}")
-    if mode not in _BUILT_MODES:
+    if mode not in modes:
         unsupported.append(f"[{name}]")
         reader.warn(reader.line("mode"), f"mode {mode!r} not supported yet")
 
@@ -1509,7 +1515,7 @@ def _check_port_clashes(path: str, tunnels: Sequence[TunnelSection]) -> None:
 
 
 def parse_client_config(
-    text: str, path: str, environ: Mapping[str, str] | None = None
+    text: str, path: str, environ: Mapping[str, str] | None = None, modes: Collection[str] | None = None
 ) -> ClientConfig:
     """
     Parse the text of an C{npc.conf}.
@@ -1522,6 +1528,10 @@ def parse_client_config(
     @param text: the file's contents.
     @param path: the file's path, for messages.
     @param environ: variables for templates; C{None} means C{os.environ}.
+    @param modes: the modes that can be served (the loaded plugins' names);
+        NPS modes outside it are accepted with a "not supported yet" warning,
+        and names outside NPS's list are valid only if they are in it.
+        C{None} means L{BUILT_MODES}.
     @return: the configuration.
     @raise ConfigError: for a malformed line, bad value, missing or unknown
         C{mode}, duplicate section, or missing environment variable.
@@ -1548,7 +1558,7 @@ def parse_client_config(
         elif "host" in section.entries:
             hosts.append(_build_host(reader, unsupported))
         else:
-            tunnels.append(_build_tunnel(reader, unsupported))
+            tunnels.append(_build_tunnel(reader, unsupported, BUILT_MODES if modes is None else modes))
     _check_port_clashes(path, tunnels)
     notes.sort(key=lambda note: note[0])
     return ClientConfig(
@@ -1563,7 +1573,9 @@ def parse_client_config(
     )
 
 
-def load_client_config(path: str, environ: Mapping[str, str] | None = None) -> ClientConfig:
+def load_client_config(
+    path: str, environ: Mapping[str, str] | None = None, modes: Collection[str] | None = None
+) -> ClientConfig:
     """
     Read an C{npc.conf}.
 
@@ -1573,4 +1585,4 @@ def load_client_config(path: str, environ: Mapping[str, str] | None = None) -> C
     @return: the configuration.
     @raise ConfigError: if the file cannot be read or is not valid.
     """
-    return parse_client_config(_read(path), path, environ)
+    return parse_client_config(_read(path), path, environ, modes)

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nps import __version__
+from nps.accounts import ACCOUNTS_OPTION, accounts_for, format_accounts
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
 from nps.config import ServerConfig, port_allowed
 from nps.model import ClientRecord, Tunnel
@@ -328,7 +329,7 @@ class NpsServer(MultiService):
         running = RunningTunnel(tunnel)
         self.tunnels[tunnel.id] = running
         try:
-            d = mode.listen(self.reactor, tunnel, self.opener_for(running))
+            d = mode.listen(self.reactor, self._with_client_accounts(tunnel), self.opener_for(running))
         except Exception as e:  # a mode's bad input, reported like a listen failure
             d = fail(e)
 
@@ -351,6 +352,15 @@ class NpsServer(MultiService):
             return message
 
         return d.addCallbacks(listening, failed)
+
+    def _with_client_accounts(self, tunnel: Tunnel) -> Tunnel:
+        """Add the owning client's basic_username/basic_password to the tunnel's accounts."""
+        client = self._clients.get(tunnel.client_id)
+        if client is None or not client.basic_username:
+            return tunnel
+        accounts = accounts_for(tunnel)
+        accounts.setdefault(client.basic_username, client.basic_password)
+        return attrs.evolve(tunnel, options=dict(tunnel.options, **{ACCOUNTS_OPTION: format_accounts(accounts)}))
 
     def _close_tunnel(self, tunnel_id: int) -> Deferred[None]:
         running = self.tunnels.pop(tunnel_id, None)

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
+from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
 from nps.model import Tunnel
 
 log = Logger()
@@ -30,16 +31,39 @@ class ClientSettings:
 
 
 def tunnels_from_config(config: ClientConfig) -> tuple[Tunnel, ...]:
-    """One L{Tunnel} per public port of each npc.conf tunnel section."""
+    """One L{Tunnel} per public port of each npc.conf tunnel section.
+
+    The proxy modes' accounts travel with each tunnel: NPS's [common]
+    C{basic_username}/C{basic_password} and a socks5 C{multi_account} file
+    (read here, relative to npc.conf's directory).
+
+    @raise ConfigError: if a multi_account file cannot be read or parsed.
+    """
+    common_accounts = {}
+    if config.common.basic_username:
+        common_accounts[config.common.basic_username] = config.common.basic_password
     tunnels = []
     for section in config.tunnels:
-        options = {"multi_account": section.multi_account} if section.multi_account else {}
+        accounts = dict(common_accounts)
+        if section.multi_account:
+            accounts.update(_read_accounts(config.path, section.name, section.line, section.multi_account))
+        options = {ACCOUNTS_OPTION: format_accounts(accounts)} if accounts else {}
         for remark, port, targets in section.expand():
             tunnels.append(Tunnel(id=0, client_id=0, mode=section.mode, server_port=port,
                                   server_ip=section.server_ip, targets=targets, remark=remark,
                                   password=section.password, local_path=section.local_path,
                                   strip_pre=section.strip_pre, options=options))
     return tuple(tunnels)
+
+
+def _read_accounts(config_path: str, section: str, line: int, name: str) -> dict[str, str]:
+    path = os.path.join(os.path.dirname(os.path.abspath(config_path)), name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_accounts(f.read())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(config_path, line, "multi_account",
+                          f"[{section}]: cannot use accounts file {path}: {e}") from None
 
 
 class Options(usage.Options):
@@ -70,7 +94,9 @@ class Options(usage.Options):
         if not (server and vkey) and not config_path and os.path.exists("conf/npc.conf"):
             config_path = "conf/npc.conf"
         if config_path and not (self["server"] and self["vkey"]):
-            config = load_client_config(config_path)
+            from nps.modes import load_modes
+
+            config = load_client_config(config_path, modes=load_modes())
             common = config.common
             warnings.extend(config.warnings)
             server = self["server"] or common.server_addr
