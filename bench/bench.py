@@ -650,7 +650,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated paths among " + ",".join(ALL_PATHS)
                          + " (default: all; rathole only when its binary is found)")
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    ap.add_argument("--no-modes", action="store_true", help="skip the proxy-mode rows (bench/modes.py)")
+    ap.add_argument("--modes-only", action="store_true", help="only the proxy-mode rows")
     args = ap.parse_args(argv)
+    if args.modes_only:
+        from modes import run_modes
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = run_modes(LOGS / "modes", args.quick)
+        print(text)
+        (RESULTS / "modes.md").write_text(text)
+        return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in PATHS]
     if unknown:
@@ -676,6 +686,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop(timeout=5)
         support.stop_all()
     text = render(paths, st, args.quick, time.monotonic() - t0)
+    if not args.no_modes:
+        from modes import run_modes
+
+        text += "\n" + run_modes(LOGS / "modes", args.quick)
     print(text)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(

@@ -3,6 +3,7 @@ Benchmark targets, each a small asyncio server on 127.0.0.1 run as its own proce
 
     python bench/targets.py echo PORT   # echoes every byte back (TCP_NODELAY)
     python bench/targets.py http PORT   # HTTP/1.1 keep-alive, fixed "hello" body
+    python bench/targets.py source PORT # after one byte from the client, sends zeros until it closes
 
 Prints "ready" once listening. Stops on SIGTERM/SIGINT.
 """
@@ -64,9 +65,36 @@ class Hello(asyncio.Protocol):
             self.transport.close()
 
 
+class Source(asyncio.Protocol):
+    """Bulk sender: once the client says anything, write 1 MiB blocks while the transport takes them."""
+
+    BLOCK = bytes(1 << 20)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.started = False
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            self._fill()
+
+    def _fill(self) -> None:
+        while not self.paused and not self.transport.is_closing():
+            self.transport.write(self.BLOCK)  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._fill()
+
+
 async def main(kind: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    factory = {"echo": Echo, "http": Hello}[kind]
+    factory = {"echo": Echo, "http": Hello, "source": Source}[kind]
     server = await loop.create_server(factory, "127.0.0.1", port, backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
