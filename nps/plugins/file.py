@@ -15,13 +15,14 @@ Only C{GET} and C{HEAD} are allowed; nothing is ever written.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import static
 from twisted.web.http import Request
@@ -186,6 +187,38 @@ class ReadOnlyDirectory(Resource):
         request.notifyFinish().addBoth(done)
 
 
+class StreamChannel(ProtocolWrapper):
+    """Puts the HTTP channel on a mux stream.
+
+    It is the channel's transport: it has the C{disconnecting} flag that
+    C{LineReceiver} reads (a L{nps.mux.MuxStream} has none), and it keeps an
+    exception in the channel to this stream (reset, logged) instead of
+    letting it reach the bridge connection shared by every stream.
+    """
+
+    log = Logger()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self.wrappedProtocol.dataReceived(data)
+        except Exception:
+            self.log.failure("file {remote}: HTTP channel failed; resetting this stream",
+                             remote=self.factory.remote)
+            self.disconnecting = 1
+            cast(Any, self.transport).abortConnection()
+
+
+class StreamChannelFactory(WrappingFactory):
+    """Builds a L{StreamChannel} around the protocol of a file L{Site}."""
+
+    noisy = False
+    protocol = StreamChannel
+
+    def __init__(self, site: Site, remote: str = "") -> None:
+        super().__init__(site)
+        self.remote = remote
+
+
 def file_site(reactor: Any, root: str, strip_pre: str = "", remote: str = "") -> Site:
     """A L{Site} serving C{root} read-only (C{root} must be an existing directory).
 
@@ -225,8 +258,7 @@ class FileMode:
             except ValueError as e:
                 reason = str(e)
             else:
-                protocol = site.buildProtocol(None)
-                assert protocol is not None
+                protocol = StreamChannelFactory(site, remote).buildProtocol(None)
                 return succeed(protocol)
         self.log.error("file tunnel {tunnel}: cannot serve {remote}: {reason}",
                        tunnel=link.get("tunnel"), remote=remote, reason=reason)
