@@ -26,7 +26,7 @@ except ImportError:
 pytestmark = pytest.mark.e2e
 
 Proc = support.Proc
-VKEY = "socks5-e2e-key"
+VKEY = "socks5-e2e-public-key-0123456789abcdef"
 TIMEOUT = 20.0
 
 #: A UDP echo server on 127.0.0.1: answers b"echo:" + datagram; prints its port.

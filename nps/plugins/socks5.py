@@ -222,15 +222,31 @@ class Socks5ServerProtocol(Relay):
     def readConnectionLost(self) -> None:
         if self.phase in (_Phase.CONNECTING, _Phase.RELAYING):
             super().readConnectionLost()
+        elif self.phase is _Phase.HANDSHAKE:
+            self._handshake_cut()
+            self.transport.loseConnection()
         else:
             self.transport.loseConnection()
 
+    def _handshake_cut(self) -> None:
+        """The client went away mid-handshake: worth a line if it had sent anything."""
+        if self.phase is _Phase.HANDSHAKE and self._machine.buffered:
+            self.log.info("socks5 tunnel {tunnel}: {remote} closed with an incomplete {state} "
+                          "({n} bytes)", tunnel=self.factory.tunnel.id, remote=self._remote,
+                          state=self._machine.state, n=self._machine.buffered)
+            self.phase = _Phase.CLOSED
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
+        self._handshake_cut()
         self.phase = _Phase.CLOSED
         association, self._association = self._association, None
         if association is not None:
             association.close()
+            self.log.info("socks5 tunnel {tunnel}: {remote} UDP association closed: {received} datagrams "
+                          "from the client, {sent} answers, {dropped} dropped", tunnel=self.factory.tunnel.id,
+                          remote=self._remote, received=association.received, sent=association.sent,
+                          dropped=association.dropped)
         super().connectionLost(reason)
 
 
@@ -240,7 +256,7 @@ class _StreamSide(Relay):
     peer: Socks5ServerProtocol
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.peer.stream_refused(reason.getErrorMessage())  # no-op once connected
+        self.peer.stream_refused(reason_text(reason))  # no-op once connected
         super().connectionLost(reason)
 
 
@@ -421,7 +437,7 @@ class _UdpStreamSide(Protocol):
             self._association.to_client(packet)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._association.stream_lost(reason.getErrorMessage())
+        self._association.stream_lost(reason_text(reason))
 
 
 class _UdpStreamFactory(Factory):
@@ -432,6 +448,14 @@ class _UdpStreamFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> _UdpStreamSide:
         return _UdpStreamSide(self._association)
+
+
+def reason_text(reason: Failure) -> str:
+    """The peer's own words for a stream that ended (without Twisted's C{ConnectionLost} preamble)."""
+    args: tuple[Any, ...] = getattr(reason.value, "args", ())
+    if len(args) == 1 and isinstance(args[0], str) and args[0]:
+        return args[0]
+    return reason.getErrorMessage()
 
 
 def _normal_ip(host: str) -> str:

@@ -131,6 +131,11 @@ class ServerHandshake:
         return self._state is _State.DONE
 
     @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held."""
+        return len(self._buffer)
+
+    @property
     def state(self) -> str:
         """The current stage, for log lines."""
         return self._state.value
