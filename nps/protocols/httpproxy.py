@@ -35,6 +35,7 @@ __all__ = [
     "split_absolute",
     "clean_headers",
     "is_websocket_upgrade",
+    "head_size",
     "classify",
     "error_response",
     "auth_required",
@@ -281,12 +282,26 @@ def is_websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def head_size(request: h11.Request) -> int:
+    """About how many bytes the head of C{request} took on the wire.
+
+    h11 limits only heads that arrive in pieces; a whole head in one read is
+    parsed whatever its size, so we measure it afterwards too.
+    """
+    size = len(request.method) + len(request.target) + 12  # " ", " HTTP/1.1\r\n", final CRLF
+    for name, value in request.headers.raw_items():
+        size += len(name) + len(value) + 4
+    return size
+
+
 def classify(request: h11.Request) -> ProxyRequest:
     """Turn a request received from a user into what to do with it.
 
-    @raise ProxyError: 400 for origin-form requests, unsupported schemes,
-        bad hosts or ports.
+    @raise ProxyError: 431 for heads over L{MAX_HEAD}; 400 for origin-form
+        requests, unsupported schemes, bad hosts or ports.
     """
+    if head_size(request) > MAX_HEAD:
+        raise ProxyError(431, "request head larger than 64 KiB")
     headers = list(request.headers)
     credentials = proxy_credentials(headers)
     if request.method == b"CONNECT":
