@@ -398,7 +398,7 @@ class PublicUdpProtocol(DatagramProtocol):
             return
         del self.sessions[session.addr]
         self.log.info("tunnel {tunnel}: udp {remote} -> {target}: session closed ({reason}); "
-                      "{sent} datagrams sent, {received} received, {dropped} dropped",
+                      "{sent} datagrams from the peer, {received} replies, {dropped} dropped",
                       tunnel=self.tunnel.id, remote=session.remote, target=session.target,
                       reason=session.close_reason, sent=session.to_stream, received=session.from_stream,
                       dropped=session.dropped)
