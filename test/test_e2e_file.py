@@ -271,3 +271,28 @@ def test_missing_local_path_is_refused_with_reason(tunnels: FileTunnels) -> None
     line = support.wait_for_log(tunnels.npc, f"local_path {tunnels.gone_path} does not exist")
     assert "cannot serve" in line
     assert curl(url(tunnels.port, "/hello.txt")) == (200, HELLO)
+
+
+def test_aborted_download_then_still_serving(tunnels: FileTunnels) -> None:
+    """
+    A client that reads part of the big file and then resets the connection
+    leaves npc and nps healthy: no traceback in either log, and the next
+    download is whole.
+    """
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", tunnels.port), timeout=30) as s:
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = 0
+            for _ in range(1000):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > 1 << 20:
+                    break
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    status, body = curl(url(tunnels.port, "/big.bin"))
+    assert status == 200 and hashlib.sha256(body).hexdigest() == tunnels.big_sha256
+    for text in (tunnels.npc.log_text(), tunnels.server.log_text()):
+        assert "Traceback" not in text
+        assert "Unhandled" not in text

@@ -15,6 +15,7 @@ Only C{GET} and C{HEAD} are allowed; nothing is ever written.
 from __future__ import annotations
 
 import os
+from weakref import WeakKeyDictionary
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -117,6 +118,7 @@ class ReadOnlyDirectory(Resource):
         self.root = root
         self.prefix = prefix
         self.remote = remote
+        self._reasons: WeakKeyDictionary[Request, str] = WeakKeyDictionary()
 
     def render(self, request: Request) -> Any:
         self._log_when_done(request)
@@ -171,18 +173,21 @@ class ReadOnlyDirectory(Resource):
         return shown
 
     def _refuse(self, request: Request, status: int, reason: str) -> bytes:
-        self.log.info("file {remote}: {method} {uri!r} refused: {status} {reason}", remote=self.remote,
-                      method=request.method.decode("latin-1"), uri=request.uri, status=status, reason=reason)
+        self._reasons[request] = reason
         request.setResponseCode(status, _REASONS.get(status))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"{status} {reason}\n".encode("utf-8")
 
     def _log_when_done(self, request: Request) -> None:
+        """One log line per request, once it is answered (or its connection is lost)."""
         method = request.method.decode("latin-1")
 
         def done(result: Any) -> None:
-            self.log.info("file {remote}: {method} {uri!r} -> {status} ({sent} bytes)", remote=self.remote,
-                          method=method, uri=request.uri, status=request.code, sent=request.sentLength)
+            reason = self._reasons.pop(request, "")
+            lost = " (connection lost)" if isinstance(result, Failure) else ""
+            self.log.info("file {remote}: {method} {uri!r} -> {status} {reason}({sent} bytes){lost}",
+                          remote=self.remote, method=method, uri=request.uri, status=request.code,
+                          reason=f"{reason} " if reason else "", sent=request.sentLength, lost=lost)
 
         request.notifyFinish().addBoth(done)
 
