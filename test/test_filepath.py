@@ -6,8 +6,10 @@ driven through C{StringTransport}, the public side with a C{MemoryReactor}).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import posixpath
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Generator
@@ -173,6 +175,7 @@ def test_canonical_round_trip(segments: list[str], prefix: list[str], directory:
 
 
 _tmp_root = Path(tempfile.mkdtemp(prefix="nps-filepath-"))
+atexit.register(shutil.rmtree, _tmp_root, True)
 (_tmp_root / "root" / "d").mkdir(parents=True)
 (_tmp_root / "outside.txt").write_text("outside")
 
@@ -210,7 +213,8 @@ class ReadOnlyViewTests(TestCase):
     """
 
     def setUp(self) -> None:
-        base = Path(self.mktemp())
+        base = Path(tempfile.mkdtemp(prefix="nps-file-"))
+        self.addCleanup(shutil.rmtree, base, True)
         self.root = base / "www"
         (self.root / "sub").mkdir(parents=True)
         (self.root / "hello.txt").write_bytes(b"hello\n")
