@@ -2,6 +2,7 @@
 """Run a service in the reactor from a console script, with logging and an exit code."""
 from __future__ import annotations
 
+import re
 import resource
 import signal
 import sys
@@ -9,8 +10,13 @@ from typing import Any, Callable, TextIO
 
 from twisted.application.service import IService
 from twisted.internet.error import CannotListenError
+from zope.interface import implementer
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
+    LogEvent,
+    PredicateResult,
+    formatEvent,
     LogLevel,
     LogLevelFilterPredicate,
     Logger,
@@ -34,9 +40,22 @@ def nps_log_level(level: int) -> LogLevel:
     return LogLevel.critical
 
 
+#: Twisted's own per-port chatter ("Factory starting on 8002", "(UDP Port 5353 Closed)"):
+#: our tunnel log lines say the same once; per-session UDP sockets would repeat it endlessly.
+_PORT_CHATTER = re.compile(r"^(\S+ starting on \d+|\((TCP|UDP) Port \d+ Closed\))$")
+
+
+@implementer(ILogFilterPredicate)
+class _DropPortChatter:
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        if event.get("log_namespace") == "log_legacy" and _PORT_CHATTER.match(formatEvent(event)):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def begin_logging(level: LogLevel, out: TextIO = sys.stdout) -> None:
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    observer = FilteringLogObserver(textFileLogObserver(out), [predicate])
+    observer = FilteringLogObserver(textFileLogObserver(out), [_DropPortChatter(), predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
