@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from nps.connect import connect_tcp
 from nps.bridge.client import BridgeClientFactory, BridgeClientProtocol, BridgeRefused
-from nps.model import Tunnel
+from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
 
 PING_INTERVAL = 5.0
@@ -201,7 +201,7 @@ class NpcService(MultiService):
 
         def refused(failure: Failure) -> None:
             reason = failure.getErrorMessage()
-            self.log.info("stream to {target} for {remote} refused: {reason}", target=link.get("target"),
+            self.log.info("stream to {target} for {remote} refused: {reason}", target=describe_link(link),
                           remote=link.get("remote"), reason=reason)
             mux.refuse_stream(stream, reason)
 

@@ -78,3 +78,8 @@ class Tunnel:
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"bad tunnel record: {e}") from e
+
+
+def describe_link(link: dict[str, Any]) -> str:
+    """What a stream is for, for log lines: its target, or a file mode's path."""
+    return str(link.get("target") or link.get("local_path") or link.get("mode", "?"))

@@ -87,6 +87,9 @@ class MuxStream:
     """One multiplexed stream; a transport for the protocol attached to it."""
 
     disconnected = False
+    #: True once a close has begun (protocols such as LineReceiver read it).
+    disconnecting = False
+    log = Logger()
 
     def __init__(self, mux: "Mux", stream_id: int, link: dict[str, Any]) -> None:
         self.mux = mux
@@ -159,6 +162,7 @@ class MuxStream:
         if self._finished or self._full_close:
             return
         self._full_close = True
+        self.disconnecting = True
         self._inbuf = None
         if self._local_fin:
             self._finish_local()
@@ -245,7 +249,14 @@ class MuxStream:
 
     def _deliver(self, payload: bytes) -> None:
         assert self.protocol is not None
-        self.protocol.dataReceived(payload)
+        try:
+            self.protocol.dataReceived(payload)
+        except Exception:
+            # A bug in one stream's protocol ends that stream, not the whole bridge.
+            self.log.failure("stream {id}: {protocol!r} failed on incoming data; resetting the stream",
+                             id=self.stream_id, protocol=self.protocol)
+            self.reset("internal error")
+            return
         self._consumed += len(payload)
         if self._consumed >= self._recv_window // 4 and not self._finished:
             grow = 0
@@ -360,6 +371,7 @@ class MuxStream:
         if self.disconnected:
             return
         self.disconnected = True
+        self.disconnecting = True
         self._finished = True
         self._outbuf = None
         self._inbuf = None

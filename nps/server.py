@@ -20,7 +20,7 @@ from nps import __version__
 from nps.accounts import ACCOUNTS_OPTION, accounts_for, format_accounts
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
 from nps.config import ServerConfig, port_allowed
-from nps.model import ClientRecord, Tunnel
+from nps.model import ClientRecord, Tunnel, describe_link
 from nps.mux import StreamRefused
 from nps.protocols.frames import GoAwayCode
 from nps.protocols.handshake import key_id
@@ -95,7 +95,7 @@ class StreamEndpoint:
     def _refused(self, failure: Any) -> None:
         link = self._link
         self._server.log.info("client {client}: stream to {target} for {remote} refused: {reason}",
-                              client=self._client_id, target=link.get("target"), remote=link.get("remote"),
+                              client=self._client_id, target=describe_link(link), remote=link.get("remote"),
                               reason=failure.getErrorMessage())
 
 
