@@ -1263,3 +1263,23 @@ def test_random_schedule_with_full_closes(ops: list[tuple[str, bool, int, int]])
 
     (That every stream also ends is covered by the tests of closing with data in flight.)"""
     run_schedule(ops, allow_close=True)
+
+
+def test_a_failing_protocol_resets_only_its_own_stream() -> None:
+    """An exception in one stream's dataReceived is logged and resets that stream; the bridge and the
+    other streams carry on."""
+    p = Pair()
+    near, near_proto, far, far_proto = p.open()
+    other_near, _, _, other_far_proto = p.open()
+
+    def explode(proto: Proto, data: bytes) -> None:
+        raise ValueError("bug in a mode")
+
+    far_proto.on_data = explode
+    near.write(b"boom")
+    p.pump()
+    assert far_proto.reason is not None and near_proto.reason is not None
+    assert "internal error" in str(near_proto.reason.value)
+    other_near.write(b"still here")
+    p.pump()
+    assert bytes(other_far_proto.received) == b"still here"
