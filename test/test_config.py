@@ -603,8 +603,6 @@ disconnect_timeout=30
         disconnect_timeout=30,
     )
     assert set(c.unsupported) == {
-        "basic_username",
-        "basic_password",
         "web_username",
         "web_password",
         "crypt",
