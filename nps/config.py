@@ -798,7 +798,7 @@ TUNNEL_MODES: Mapping[str, str] = {
 }
 #: Modes this release serves; a caller that loaded the mode plugins passes their
 #: names instead (see L{parse_client_config}'s C{modes}).
-BUILT_MODES = frozenset({"tcp"})
+BUILT_MODES = frozenset({"tcp", "udp", "socks5", "httpProxy", "file"})
 #: Modes whose public side is a TCP listener (they cannot share a port).
 _TCP_LISTENER_MODES = frozenset({"tcp", "socks5", "httpProxy", "file"})
 #: Keys a mode added by a third-party plugin may use.

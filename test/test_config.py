@@ -1006,11 +1006,12 @@ def test_tunnel_mode_spelling(mode: str, canonical: str) -> None:
 
 def test_unsupported_mode_warns() -> None:
     """
-    Modes other than tcp are accepted with a "not supported yet" warning.
+    NPS modes that are not built yet are accepted with a "not supported yet" warning; built ones are not.
     """
-    c = client(COMMON + "[dns]\nmode=udp\nserver_port=12253\ntarget_addr=114.114.114.114:53\n")
-    assert c.unsupported == ("[dns]",)
-    assert c.warnings == ("npc.conf:5: [dns] mode 'udp' not supported yet",)
+    c = client(COMMON + "[ssh]\nmode=secret\npassword=k\ntarget_addr=127.0.0.1:22\n"
+               "[dns]\nmode=udp\nserver_port=12253\ntarget_addr=114.114.114.114:53\n")
+    assert c.unsupported == ("[ssh]",)
+    assert c.warnings == ("npc.conf:5: [ssh] mode 'secret' not supported yet",)
 
 
 def test_tunnel_targets() -> None:
