@@ -2,6 +2,7 @@
 """The npc client: keeps one bridge session up and serves the streams on it."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Callable, Sequence
 
@@ -187,12 +188,33 @@ class NpcService(MultiService):
         elif kind == "goaway":
             self.log.warn("server is closing the session: {reason}", reason=message.get("reason"))
 
+    def _local_refusal(self, link: dict[str, Any]) -> str:
+        """Why this npc will not serve C{link} whatever the server says (empty: it will).
+
+        With an npc.conf, the directories npc shares are the C{local_path}s
+        of its own file tunnels, so a server cannot make it serve another
+        one.  Without one (tunnels defined on the server, as in NPS) the
+        authenticated server decides.
+        """
+        if link.get("mode") != "file" or not self.tunnels:
+            return ""
+        own = {os.path.realpath(t.local_path) for t in self.tunnels if t.mode == "file" and t.local_path}
+        asked = os.path.realpath(str(link.get("local_path", "")))
+        if asked not in own:
+            return f"local_path {link.get('local_path')!r} is not a file tunnel in this npc's config"
+        return ""
+
     def stream_opened(self, stream: MuxStream) -> None:
         link = stream.link
         mux = stream.mux
         mode = self.modes.get(str(link.get("mode", "")))
         if mode is None:
             mux.refuse_stream(stream, f"mode {link.get('mode')!r} is not supported by this npc")
+            return
+        refusal = self._local_refusal(link)
+        if refusal:
+            self.log.warn("refusing a stream the server asked for: {reason}", reason=refusal)
+            mux.refuse_stream(stream, refusal)
             return
         d = mode.serve(self.reactor, link)
 

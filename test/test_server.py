@@ -268,3 +268,34 @@ class ServerClientTests(TestCase):
         yield server.refresh()
         yield wait_for(lambda: record.id in server.sessions, timeout=20)
         self.assertEqual(self.fatal, [])
+
+    @inlineCallbacks
+    def test_config_mode_npc_serves_only_its_own_file_paths(self):  # type: ignore[no-untyped-def]
+        """An npc with an npc.conf serves only the local_path of its own file tunnels, even when the
+        server defines another file tunnel for it."""
+        shared = tempfile.mkdtemp(prefix="nps-shared-")
+        with open(f"{shared}/hello.txt", "w") as f:
+            f.write("shared file")
+        record = self.add_client()
+        foreign_port, own_port = self.free_port(), self.free_port()
+        store = Store(self.data_dir)
+        try:
+            store.add_tunnel(record.id, "file", foreign_port, server_ip="127.0.0.1", local_path="/etc")
+        finally:
+            store.close()
+        server = self.start_server()
+        own = Tunnel(0, 0, "file", server_port=own_port, server_ip="127.0.0.1", local_path=shared, remark="own")
+        self.start_client(server, record.vkey, (own,))
+        yield wait_for(lambda: len([t for t in server.tunnels.values() if t.port is not None]) == 2)
+        answer = yield self.roundtrip_until_closed(own_port, b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        self.assertIn(b"shared file", answer)
+        refused = yield self.roundtrip_until_closed(foreign_port, b"GET /passwd HTTP/1.0\r\n\r\n")
+        self.assertEqual(refused, b"")
+
+    @inlineCallbacks
+    def roundtrip_until_closed(self, port: int, request: bytes):  # type: ignore[no-untyped-def]
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), user)
+        user.transport.write(request)
+        yield user.closed
+        return user.received
