@@ -110,6 +110,8 @@ class MuxStream:
         self._producer: Any = None
         self._streaming = True
         self._producer_paused = False
+        #: Called once with (stream, reason) when the stream ends (access logs).
+        self.on_close: Callable[["MuxStream", Failure], None] | None = None
         #: Fires when the peer accepts a stream we opened (see L{Mux.start_stream}).
         self.opened: Deferred[MuxStream] | None = None
         self._local_fin = False  # FIN sent
@@ -382,6 +384,9 @@ class MuxStream:
         protocol = self.protocol
         if protocol is not None:
             protocol.connectionLost(reason)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close(self, reason)
 
 
 @implementer(IPushProducer)

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
@@ -82,7 +82,10 @@ class StreamEndpoint:
             return fail(e)
         for counter in self._counters:
             counter.connections += 1
+        own = TrafficCounter(connections=1)
         stream.counters.extend(self._counters)
+        stream.counters.append(own)
+        stream.on_close = AccessLog(self._client_id, self._link, own, self._server.reactor.seconds()).closed
         protocol = protocolFactory.buildProtocol(stream.getPeer())
         if protocol is None:
             stream.reset("refused locally")
@@ -97,6 +100,31 @@ class StreamEndpoint:
         self._server.log.info("client {client}: stream to {target} for {remote} refused: {reason}",
                               client=self._client_id, target=describe_link(link), remote=link.get("remote"),
                               reason=failure.getErrorMessage())
+
+
+#: One line per tunneled connection, in its own namespace so it can be routed or filtered.
+access_log = Logger(namespace="nps.access")
+
+
+class AccessLog:
+    """Writes one line per tunneled connection when its stream ends."""
+
+    def __init__(self, client_id: int, link: dict[str, Any], counter: TrafficCounter, started: float) -> None:
+        self._client_id = client_id
+        self._link = link
+        self._counter = counter
+        self._started = started
+
+    def closed(self, stream: Any, reason: Any) -> None:
+        link = self._link
+        ended = "closed" if reason.check(ConnectionDone) else reason.getErrorMessage()
+        access_log.info(
+            "client={client} tunnel={tunnel} mode={mode} from={remote} to={target} in={bytes_in} out={bytes_out} "
+            "duration={duration:.3f}s end={ended}",
+            client=self._client_id, tunnel=link.get("tunnel"), mode=link.get("mode"), remote=link.get("remote"),
+            target=describe_link(link), bytes_in=self._counter.bytes_in, bytes_out=self._counter.bytes_out,
+            duration=stream.mux._clock.seconds() - self._started, ended=ended,
+        )
 
 
 class NpsServer(MultiService):
