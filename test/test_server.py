@@ -299,3 +299,32 @@ class ServerClientTests(TestCase):
         user.transport.write(request)
         yield user.closed
         return user.received
+
+    @inlineCallbacks
+    def test_access_log_line_per_connection(self):  # type: ignore[no-untyped-def]
+        """Each tunneled connection ends with one nps.access event: who, where, bytes each way, how it ended."""
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "nps.access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        record = self.add_client()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions and tunnel.id in server.tunnels
+                       and server.tunnels[tunnel.id].port is not None)
+        yield self.roundtrip(port, b"x" * 1000)
+        yield wait_for(lambda: events)
+        event = events[0]
+        self.assertEqual((event["client"], event["tunnel"], event["mode"]), (record.id, tunnel.id, "tcp"))
+        self.assertEqual((event["bytes_in"], event["bytes_out"]), (1000, 1000))
+        self.assertEqual(event["target"], self.echo_addr)
+        self.assertEqual(event["ended"], "closed")
+        self.assertTrue(event["remote"].startswith("127.0.0.1:"))
