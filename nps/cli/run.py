@@ -2,7 +2,10 @@
 """Run a service in the reactor from a console script, with logging and an exit code."""
 from __future__ import annotations
 
+import json
+import os
 import re
+from datetime import datetime, timezone
 import resource
 import signal
 import sys
@@ -16,6 +19,7 @@ from twisted.logger import (
     ILogFilterPredicate,
     LogEvent,
     PredicateResult,
+    ILogObserver,
     formatEvent,
     LogLevel,
     LogLevelFilterPredicate,
@@ -53,9 +57,46 @@ class _DropPortChatter:
         return PredicateResult.maybe
 
 
-def begin_logging(level: LogLevel, out: TextIO = sys.stdout) -> None:
+@implementer(ILogObserver)
+class JsonLinesObserver:
+    """One JSON object per line: time, level, namespace, message, and the event's own fields."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, event: LogEvent) -> None:
+        record: dict[str, Any] = {
+            "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(),
+            "level": getattr(event.get("log_level"), "name", "info"),
+            "namespace": event.get("log_namespace", ""),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if not key.startswith("log_") and isinstance(value, (str, int, float, bool, type(None))):
+                record.setdefault(key, value)
+        failure = event.get("log_failure")
+        if failure is not None:
+            record["traceback"] = failure.getTraceback()
+        self._out.write(json.dumps(record, default=str) + "\n")
+        self._out.flush()
+
+
+def open_log(path: str) -> TextIO:
+    """Open C{path} for appending log lines (line-buffered); a clear OSError if it cannot be."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    return open(path, "a", buffering=1, encoding="utf-8")
+
+
+def begin_logging(level: LogLevel, out: TextIO = sys.stdout, json_lines: bool = False) -> None:
+    """Log events at C{level} and above to C{out}, as text or as JSON lines.
+
+    Twisted's per-port chatter is dropped; C{nps.access} lines (one per
+    tunneled connection) are info events like any other.
+    """
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    observer = FilteringLogObserver(textFileLogObserver(out), [_DropPortChatter(), predicate])
+    sink = JsonLinesObserver(out) if json_lines else textFileLogObserver(out)
+    observer = FilteringLogObserver(sink, [_DropPortChatter(), predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
