@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallback
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -29,6 +29,7 @@ from nps.store import AsyncStore, Snapshot, Store
 
 PING_INTERVAL = 5.0
 STORE_POLL_INTERVAL = 1.0
+DRAIN_TIMEOUT = 10.0
 MAX_CONFIG_TUNNELS = 256
 
 
@@ -151,6 +152,9 @@ class NpsServer(MultiService):
         self._bridge_port: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
+        #: Seconds a stopping server waits for open connections to finish.
+        self.drain_timeout = DRAIN_TIMEOUT
+        self._draining_logged = False
         self._sync: Deferred[Any] | None = None
         self._sync_waiters: list[Deferred[None]] = []
 
@@ -188,20 +192,38 @@ class NpsServer(MultiService):
 
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
+        """Graceful stop: no new users or clients, open streams drain (up to
+        C{drain_timeout}), then every client is told to reconnect later."""
         if self._poller.running:
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
+        for tunnel_id in list(self.tunnels):
+            yield self._close_tunnel(tunnel_id)
+        yield self._drain()
         sessions = list(self.sessions.values())
         self.sessions.clear()  # so session_ended leaves the store alone from here on
         if sessions:
             yield self.store.call("mark_all_offline").addErrback(self._store_failed)
         for session in sessions:
             if session.mux is not None:
-                session.mux.go_away(GoAwayCode.SHUTDOWN, "server shutting down")
-        for tunnel_id in list(self.tunnels):
-            yield self._close_tunnel(tunnel_id)
+                session.mux.go_away(GoAwayCode.SHUTDOWN, "server shutting down; reconnect shortly")
         yield super().stopService()
+
+    @inlineCallbacks
+    def _drain(self):  # type: ignore[no-untyped-def]
+        """Wait until no stream is open on any session, or C{drain_timeout} has passed."""
+        deadline = self.reactor.seconds() + self.drain_timeout
+        while self.reactor.seconds() < deadline:
+            open_streams = sum(s.mux.stream_count for s in self.sessions.values() if s.mux is not None)
+            if not open_streams:
+                return
+            if not self._draining_logged:
+                self._draining_logged = True
+                self.log.info("shutting down: waiting up to {t:.0f}s for {n} open connections to finish",
+                              t=self.drain_timeout, n=open_streams)
+            yield deferLater(self.reactor, 0.1, lambda: None)
+        self.log.info("shutting down: drain timeout reached; closing the remaining connections")
 
     @property
     def bridge_address(self) -> Any:

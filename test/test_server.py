@@ -328,3 +328,30 @@ class ServerClientTests(TestCase):
         self.assertEqual(event["target"], self.echo_addr)
         self.assertEqual(event["ended"], "closed")
         self.assertTrue(event["remote"].startswith("127.0.0.1:"))
+
+    @inlineCallbacks
+    def test_graceful_stop_drains_open_connections(self):  # type: ignore[no-untyped-def]
+        """Stopping the server closes its ports at once but waits for open connections (up to
+        drain_timeout) before telling clients to go; new users are refused meanwhile."""
+        record = self.add_client()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        server.drain_timeout = 20.0
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions and tunnel.id in server.tunnels
+                       and server.tunnels[tunnel.id].port is not None)
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), user)
+        user.transport.write(b"before")
+        yield wait_for(lambda: user.received == b"before")
+        stopped = server.stopService()
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertFalse(stopped.called)
+        with self.assertRaises(Exception):
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+        user.transport.write(b" during")
+        yield wait_for(lambda: user.received == b"before during")
+        user.transport.loseConnection()
+        yield user.closed
+        yield wait_for(lambda: stopped.called, timeout=10)
