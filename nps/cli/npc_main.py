@@ -2,6 +2,7 @@
 """The C{npc} console script, taking NPS's own flags (C{npc -server=H:P -vkey=K -type=tcp})."""
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Sequence
 
@@ -16,17 +17,100 @@ GO_FLAGS = (
     "local_type", "local_port", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
     "remark",
 )
-NOT_YET = {
-    "status": "npc status", "register": "npc register", "install": "service management",
-    "start": "service management", "stop": "service management", "restart": "service management",
-    "uninstall": "service management", "update": "self-update", "nat": "NAT type detection",
-}
+NOT_YET = {"register": "npc register", "update": "self-update", "nat": "NAT type detection"}
+#: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
+SERVICE_VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "reload")
 #: NPS flags we accept and ignore (documented as such).
 IGNORED = ("log", "log_path", "debug", "pprof", "stun_addr", "time", "proxy", "target", "local_type", "local_port")
 
 
+def split_root(args: Sequence[str]) -> tuple[str, list[str]] | str:
+    """Take C{--root DIR} / C{-root=DIR} out of C{args}; an error message if it lacks its value."""
+    root = "/"
+    rest: list[str] = []
+    words = iter(args)
+    for arg in words:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "root":
+            if not equals:
+                value = next(words, "")
+            if not value:
+                return "--root needs a directory"
+            root = value
+        else:
+            rest.append(arg)
+    return root, rest
+
+
+def check_install_flags(flags: Sequence[str]) -> str | None:
+    """Why npc could not run with C{flags} (C{None} if it can), checked as npc itself will."""
+    from nps.tap.client import Options
+
+    passthrough = []
+    words = iter(flags)
+    for arg in words:
+        name, equals, _ = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in GO_FLAGS:
+            return f"unknown flag {arg!r} for npc install"
+        if name == "password":
+            return "visitor mode (-password, secret/p2p) is not supported yet"
+        word = [arg]
+        if not equals and name not in ("version", "debug"):
+            word.append(next(words, ""))  # Go also takes `-server 1.2.3.4:8024`
+        if name not in IGNORED and name not in ("log_level", "version"):
+            passthrough.extend(normalize_go_flags(word, GO_FLAGS))
+    try:
+        Options().parseOptions(passthrough)
+    except usage.UsageError as e:
+        return str(e)
+    return None
+
+
+def service_command(verb: str, rest: Sequence[str]) -> int:
+    """C{npc install FLAGS|uninstall|start|stop|restart|status|reload}."""
+    from nps import service
+
+    split = split_root(rest)
+    if isinstance(split, str):
+        print(f"npc: {split}", file=sys.stderr)
+        return 2
+    root, flags = split
+    if verb not in ("install", "uninstall") and (flags or root != "/"):
+        print(f"npc: 'npc {verb}' takes no flags (it runs `systemctl {verb} npc`)", file=sys.stderr)
+        return 2
+    try:
+        if verb == "install":
+            problem = check_install_flags(flags)
+            if problem is not None:
+                print(f"npc: {problem}", file=sys.stderr)
+                return 1
+            service.install("npc", root=root, argv=flags)
+            return 0
+        if verb == "uninstall":
+            if flags:
+                print("npc: 'npc uninstall' takes only --root", file=sys.stderr)
+                return 2
+            service.uninstall("npc", root=root)
+            return 0
+    except service.ServiceError as e:
+        print(f"npc: {e}", file=sys.stderr)
+        return e.code
+    return service.control("npc", verb)
+
+
+def on_reload_signal(signum: int, frame: object) -> None:
+    """SIGHUP (C{systemctl reload npc}): nothing to re-read yet, so say so instead of dying."""
+    from twisted.logger import Logger
+
+    Logger(namespace="npc").info("npc: received SIGHUP: nothing to reload; "
+                                 "changes to npc.conf need `systemctl restart npc`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = normalize_go_flags(list(sys.argv[1:] if argv is None else argv), GO_FLAGS)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] in SERVICE_VERBS:
+        return service_command(raw[0], raw[1:])  # the flags as given go into the unit
+    args = normalize_go_flags(raw, GO_FLAGS)
     if args and not args[0].startswith("-"):
         command = args[0]
         if command in NOT_YET:
@@ -68,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     begin_logging(nps_log_level(log_level))
     from nps.tap.client import makeService
 
+    signal.signal(signal.SIGHUP, on_reload_signal)
     return run_service(lambda reactor, on_fatal: makeService(options, reactor, on_fatal), "npc")
 
 

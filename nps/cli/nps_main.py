@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Sequence
 
@@ -38,8 +40,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     admin.add_arguments(sub)
     for verb in SERVICE_VERBS:
-        sub.add_parser(verb, help=f"{verb} the system service (not supported yet)")
+        if verb == "update":
+            sub.add_parser(verb, help="self-update (not supported yet: use pip)")
+            continue
+        what = {"install": "install nps as a systemd service (config, data dir, hardened unit)",
+                "uninstall": "remove the systemd unit (keeps config and data)"}.get(verb, f"systemctl {verb} nps")
+        verb_parser = sub.add_parser(verb, help=what)
+        if verb in ("install", "uninstall"):
+            verb_parser.add_argument("--root", default="/", metavar="DIR",
+                                     help="install below DIR instead of / (images, tests)")
+        if verb == "install":
+            # Also after the verb (`nps install --config FILE`); SUPPRESS keeps a value given before it.
+            verb_parser.add_argument("--config", "-c", default=argparse.SUPPRESS, help="the nps.conf to install")
+            verb_parser.add_argument("--conf_path", default=argparse.SUPPRESS,
+                                     help="NPS run directory: installs DIR/conf/nps.conf")
     return parser
+
+
+def shipped_config() -> str | None:
+    """The commented C{etc/nps.conf} next to the package (a source checkout or editable install)."""
+    import nps
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(nps.__file__))), "etc", "nps.conf")
+    return path if os.path.isfile(path) else None
+
+
+def service_command(args: argparse.Namespace) -> int:
+    """C{nps install|uninstall|start|stop|restart|status|reload}."""
+    from nps import service
+
+    try:
+        if args.command == "install":
+            from nps.tap.server import find_server_config
+
+            path = find_server_config(args.config, args.conf_path) or shipped_config()
+            if path is not None:
+                try:
+                    load_server_config(path)
+                except ConfigError as e:
+                    print(f"nps: {e}", file=sys.stderr)
+                    return 1
+            service.install("nps", root=args.root, config=path)
+            return 0
+        if args.command == "uninstall":
+            service.uninstall("nps", root=args.root)
+            return 0
+    except service.ServiceError as e:
+        print(f"nps: {e}", file=sys.stderr)
+        return e.code
+    return service.control("nps", args.command)
+
+
+def on_reload_signal(signum: int, frame: object) -> None:
+    """SIGHUP (C{systemctl reload nps}): nothing to re-read yet, so say so instead of dying."""
+    from twisted.logger import Logger
+
+    Logger(namespace="nps").info(
+        "nps: received SIGHUP: clients and tunnels are applied from the store while running; "
+        "changes to nps.conf need `systemctl restart nps`")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,9 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"nps {__version__} (nps-py)")
         return 0
-    if args.command in SERVICE_VERBS:
-        print(f"nps: '{args.command}' (system service management) is not supported yet", file=sys.stderr)
+    if args.command == "update":
+        print("nps: 'update' (self-update) is not supported yet: upgrade with pip", file=sys.stderr)
         return 2
+    if args.command in SERVICE_VERBS:
+        return service_command(args)
     from nps.tap.server import find_server_config
 
     path = find_server_config(args.config, args.conf_path)
@@ -82,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config_warnings(config.warnings)
         return NpsServer(config, reactor, load_modes())
 
+    signal.signal(signal.SIGHUP, on_reload_signal)
     return run_service(build, "nps")
 
 
