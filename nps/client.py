@@ -44,6 +44,7 @@ class NpcService(MultiService):
         disconnect_timeout: int = 60,
         on_fatal: FatalHandler | None = None,
         max_retry_delay: float = 30.0,
+        reload_tunnels: Callable[[], Sequence[Tunnel]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -55,6 +56,7 @@ class NpcService(MultiService):
         self.auto_reconnect = auto_reconnect
         self.idle_timeout = max(disconnect_timeout, 1) * PING_INTERVAL
         self._on_fatal = on_fatal
+        self._reload_tunnels = reload_tunnels
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
         self._pending_fatal: tuple[int, str] | None = None
@@ -168,6 +170,21 @@ class NpcService(MultiService):
             self._on_fatal(code, message)
         else:
             self.log.critical("{message}", message=message)
+
+    def reload(self) -> None:
+        """Re-read npc.conf (SIGHUP): the server opens new tunnels, closes removed ones, keeps the rest."""
+        if self._reload_tunnels is None:
+            self.log.info("reload: no npc.conf to re-read (tunnels are defined on the server)")
+            return
+        try:
+            tunnels = self._reload_tunnels()
+        except Exception as e:  # ConfigError and friends: keep what runs
+            self.log.error("reload: keeping the running tunnels: {error}", error=str(e))
+            return
+        self.tunnels = list(tunnels)
+        self.log.info("reload: npc.conf has {n} tunnels", n=len(self.tunnels))
+        if self.current is not None and self.current.mux is not None:
+            self.current.mux.send_control({"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]})
 
     # -- what the server sends ---------------------------------------------------
 

@@ -19,7 +19,9 @@ from zope.interface import implementer
 from nps import __version__
 from nps.accounts import ACCOUNTS_OPTION, accounts_for, format_accounts
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
-from nps.config import ServerConfig, port_allowed
+from nps.config import ConfigError, ServerConfig, load_server_config, port_allowed
+from nps.debug import attach_server_debug
+from nps.metrics import ServerStats
 from nps.model import ClientRecord, Tunnel, describe_link
 from nps.mux import StreamRefused
 from nps.protocols.frames import GoAwayCode
@@ -157,6 +159,9 @@ class NpsServer(MultiService):
         self._draining_logged = False
         self._sync: Deferred[Any] | None = None
         self._sync_waiters: list[Deferred[None]] = []
+        # Prometheus metrics and the pprof_ip/pprof_port debug listener (nps.metrics, nps.debug).
+        self.stats = ServerStats(self)
+        attach_server_debug(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -224,6 +229,32 @@ class NpsServer(MultiService):
                               t=self.drain_timeout, n=open_streams)
             yield deferLater(self.reactor, 0.1, lambda: None)
         self.log.info("shutting down: drain timeout reached; closing the remaining connections")
+
+    def reload(self) -> Deferred[None]:
+        """Re-read nps.conf (SIGHUP, C{nps reload}) and apply what can change live.
+
+        Keys, limits and timeouts take effect; tunnels and their connections
+        stay up.  The bridge address and the data dir need a restart.
+        """
+        if self.config.path is None:
+            self.log.info("reload: running on built-in defaults, nothing to re-read")
+            return succeed(None)
+        try:
+            new = load_server_config(self.config.path)
+        except ConfigError as e:
+            self.log.error("reload: keeping the running configuration: {error}", error=str(e))
+            return succeed(None)
+        for key in ("bridge_ip", "bridge_port", "bridge_type", "data_dir"):
+            if getattr(new, key) != getattr(self.config, key):
+                self.log.warn("reload: {key} changed; it takes effect after a restart", key=key)
+                new = attrs.evolve(new, **{key: getattr(self.config, key)})
+        self.config = new
+        self.idle_timeout = max(new.disconnect_timeout, 1) * PING_INTERVAL
+        for warning in dict.fromkeys(new.warnings):
+            self.log.warn("config: {warning}", warning=warning)
+        self.log.info("reload: {path} applied", path=new.path)
+        self._revision = -1  # re-apply clients (public_vkey) and tunnels from the store
+        return self.refresh()
 
     @property
     def bridge_address(self) -> Any:
@@ -324,6 +355,11 @@ class NpsServer(MultiService):
             session.mux.protocol_error("register message needs a list of at most "
                                        f"{MAX_CONFIG_TUNNELS} tunnels")
             return
+        # A repeated register (npc reloaded its npc.conf) replaces the list: unchanged
+        # tunnels keep their port and connections, removed ones close, new ones open.
+        current = {_identity(self.tunnels[t].tunnel): t for t in session.config_tunnels if t in self.tunnels}
+        kept: list[int] = []
+        to_open: list[tuple[Tunnel, Deferred[str | None]]] = []
         remarks: list[str] = []
         pending: list[Deferred[str | None]] = []
         for record in records:
@@ -335,8 +371,24 @@ class NpsServer(MultiService):
             except ValueError as e:
                 pending.append(succeed(str(e)))
                 continue
-            session.config_tunnels.append(tunnel.id)
-            pending.append(self._open_tunnel(tunnel))
+            existing = current.pop(_identity(tunnel), None)
+            if existing is not None:
+                kept.append(existing)
+                pending.append(succeed(None))
+                continue
+            kept.append(tunnel.id)
+            opened: Deferred[str | None] = Deferred()
+            to_open.append((tunnel, opened))
+            pending.append(opened)
+        session.config_tunnels[:] = kept
+        # Open the new ones once the removed ones have let go of their ports.
+        closing = [self._close_tunnel(tunnel_id) for tunnel_id in current.values()]
+
+        def open_new(_: Any) -> None:
+            for tunnel, opened in to_open:
+                self._open_tunnel(tunnel).chainDeferred(opened)
+
+        gatherResults(closing).addCallback(open_new)
 
         def report(errors: list[str | None]) -> None:
             results = [{"remark": remark, "ok": error is None, "error": error or ""}
@@ -484,6 +536,14 @@ class NpsServer(MultiService):
 
     def _store_failed(self, failure: Any) -> None:
         self.log.failure("store operation failed", failure)
+
+
+def _identity(tunnel: Tunnel) -> tuple[Any, ...]:
+    """What makes two config-file tunnels the same tunnel (everything but the ids)."""
+    wire = tunnel.to_wire()
+    wire.pop("id", None)
+    wire.pop("client_id", None)
+    return tuple(sorted((key, repr(value)) for key, value in wire.items()))
 
 
 def _remark(record: Any) -> str:

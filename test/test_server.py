@@ -355,3 +355,60 @@ class ServerClientTests(TestCase):
         user.transport.loseConnection()
         yield user.closed
         yield wait_for(lambda: stopped.called, timeout=10)
+
+    @inlineCallbacks
+    def test_npc_reload_adds_and_removes_tunnels_keeping_the_rest(self):  # type: ignore[no-untyped-def]
+        """Re-registering (npc reloaded npc.conf) opens new tunnels, closes removed ones and leaves
+        unchanged ones -- and their open connections -- alone."""
+        key = "a-long-public-key-for-reload-tests"
+        server = self.start_server(public_vkey=key)
+        keep_port, drop_port, new_port = self.free_port(), self.free_port(), self.free_port()
+
+        def tcp(port: int, remark: str) -> Tunnel:
+            return Tunnel(0, 0, "tcp", server_port=port, server_ip="127.0.0.1", targets=(self.echo_addr,),
+                          remark=remark)
+
+        wanted = [tcp(keep_port, "keep"), tcp(drop_port, "drop")]
+        client = NpcService(reactor, "127.0.0.1", server.bridge_address.port, key, load_modes(),
+                            tunnels=wanted, on_fatal=lambda code, msg: self.fatal.append((code, msg)),
+                            reload_tunnels=lambda: list(wanted))
+        client.startService()
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        yield wait_for(lambda: {t.tunnel.remark for t in server.tunnels.values() if t.port} == {"keep", "drop"})
+        kept_ids = {t.tunnel.remark: i for i, t in server.tunnels.items()}
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", keep_port), user)
+        user.transport.write(b"one")
+        yield wait_for(lambda: user.received == b"one")
+        wanted[:] = [tcp(keep_port, "keep"), tcp(new_port, "new")]
+        client.reload()
+        yield wait_for(lambda: {t.tunnel.remark for t in server.tunnels.values() if t.port} == {"keep", "new"})
+        self.assertIn(kept_ids["keep"], server.tunnels)
+        user.transport.write(b" two")
+        yield wait_for(lambda: user.received == b"one two")
+        received = yield self.roundtrip(new_port, b"new port")
+        self.assertEqual(received, b"new port")
+        user.transport.loseConnection()
+        yield user.closed
+
+    @inlineCallbacks
+    def test_server_reload_applies_a_new_public_vkey(self):  # type: ignore[no-untyped-def]
+        """SIGHUP's reload re-reads nps.conf: a changed public_vkey lets the new key in, without a restart."""
+        conf = f"{self.data_dir}/nps.conf"
+        bridge_port = self.free_port()
+        base = f"bridge_ip=127.0.0.1\nbridge_port={bridge_port}\ndata_dir={self.data_dir}\n"
+        with open(conf, "w") as f:
+            f.write(base + "public_vkey=the-first-public-key-0000\n")
+        from nps.config import load_server_config
+
+        settings = load_server_config(conf)
+        server = NpsServer(settings, reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        with open(conf, "w") as f:
+            f.write(base + "public_vkey=the-second-public-key-111\n")
+        yield server.reload()
+        self.start_client(server, "the-second-public-key-111")
+        yield wait_for(lambda: any(s.public for s in server.sessions.values()))
+        self.assertEqual(self.fatal, [])

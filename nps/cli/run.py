@@ -154,5 +154,12 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload = getattr(service, "reload", None)
+    if reload is not None:
+        def on_hangup(signum: int, frame: object) -> None:
+            log.info("{name}: received SIGHUP, reloading the configuration", name=name)
+            reactor.callFromThread(reload)
+
+        signal.signal(signal.SIGHUP, on_hangup)
     reactor.run(installSignalHandlers=False)
     return exit_code[0]

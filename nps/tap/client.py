@@ -143,6 +143,13 @@ def makeService(options: Options, reactor: Any = None,
             reactor.callLater(0, reactor.stop)
     common = settings.common
     auto_reconnect = True if common.auto_reconnection is None else common.auto_reconnection
-    return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, load_modes(),
+    modes = load_modes()
+    config_path = settings.config_path
+    reload_tunnels = None
+    if config_path is not None:
+        def reload_tunnels() -> tuple[Tunnel, ...]:
+            return tunnels_from_config(load_client_config(config_path, modes=modes))
+    return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
-                      disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal)
+                      disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
+                      reload_tunnels=reload_tunnels)
