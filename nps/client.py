@@ -15,6 +15,8 @@ from twisted.python.failure import Failure
 
 from nps.connect import connect_tcp
 from nps.bridge.client import BridgeClientFactory, BridgeClientProtocol, BridgeRefused
+from nps.debug import attach_client_debug
+from nps.metrics import ClientStats
 from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
 
@@ -44,6 +46,7 @@ class NpcService(MultiService):
         disconnect_timeout: int = 60,
         on_fatal: FatalHandler | None = None,
         max_retry_delay: float = 30.0,
+        debug_addr: str = "",
         reload_tunnels: Callable[[], Sequence[Tunnel]] | None = None,
     ) -> None:
         super().__init__()
@@ -68,6 +71,9 @@ class NpcService(MultiService):
         self._failures = 0
         self._attempt: Deferred[Any] | None = None
         self._retry_call: IDelayedCall | None = None
+        # Prometheus metrics and the pprof_addr debug listener (nps.metrics, nps.debug).
+        self.stats = ClientStats(self)
+        attach_client_debug(self, debug_addr)
 
     # -- connection loop ---------------------------------------------------------
     # Our own loop rather than ClientService: ClientService raises NoTransition when a
@@ -119,6 +125,8 @@ class NpcService(MultiService):
         self._retry_call = self.reactor.callLater(delay, self._connect)
 
     def _connected(self, protocol: BridgeClientProtocol) -> BridgeClientProtocol:
+        if self.connected_once:
+            self.stats.reconnected()
         self.connected_once = True
         self._failures = 0
         self.current = protocol

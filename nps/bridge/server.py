@@ -11,6 +11,7 @@ from twisted.python.failure import Failure
 
 from nps import PROTOCOL_VERSION
 from nps.config import format_host_port
+from nps.metrics import handshake_failure_reason
 from nps.mux import Mux
 from nps.protocols.handshake import Authenticated, HandshakeError, ServerHandshake, UnknownKey
 from nps.relay import tune_socket
@@ -48,6 +49,7 @@ class BridgeServerProtocol(Protocol):
         server = self.factory.server
         if self.factory.pending >= MAX_PENDING_HANDSHAKES:
             self.log.warn("bridge: too many unfinished handshakes; dropping {peer}", peer=self.peer)
+            server.stats.handshake_failed("too_many_pending")
             self.transport.abortConnection()
             return
         self.factory.pending += 1
@@ -66,6 +68,7 @@ class BridgeServerProtocol(Protocol):
         self._timer = None
         self.log.warn("bridge: {peer} did not finish the handshake in {t:.0f}s; closing",
                       peer=self.peer, t=HANDSHAKE_TIMEOUT)
+        self.factory.server.stats.handshake_failed("timeout")
         self._end_handshake()
         self.transport.abortConnection()
 
@@ -104,6 +107,7 @@ class BridgeServerProtocol(Protocol):
 
     def _handshake_failed(self, handshake: ServerHandshake, error: HandshakeError) -> None:
         self.log.warn("bridge: handshake from {peer} failed: {error}", peer=self.peer, error=str(error))
+        self.factory.server.stats.handshake_failed(handshake_failure_reason(error))
         if error.out:
             self.transport.write(error.out)
         if handshake.hello_sent:
@@ -118,6 +122,7 @@ class BridgeServerProtocol(Protocol):
             session, extra = server.attach(self, result.message)
         except SessionRejected as e:
             self.log.warn("bridge: refused {peer}: {error}", peer=self.peer, error=str(e))
+            server.stats.handshake_failed("rejected")
             self.transport.write(handshake.reject(str(e)))
             self.transport.loseConnection()
             return
@@ -142,6 +147,7 @@ class BridgeServerProtocol(Protocol):
         if self._handshake is not None:
             self.log.warn("bridge: {peer} closed the connection during the handshake ({reason})",
                           peer=self.peer, reason=reason.getErrorMessage())
+            self.factory.server.stats.handshake_failed("closed_early")
         self._end_handshake()
         if self.mux is not None:
             self.mux.connection_lost(reason.getErrorMessage())

@@ -152,4 +152,4 @@ def makeService(options: Options, reactor: Any = None,
     return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
-                      reload_tunnels=reload_tunnels)
+                      reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr)
