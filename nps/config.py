@@ -682,8 +682,8 @@ _SERVER_KEYS: dict[str, _Key] = {
     "allow_local_proxy": _Key(_to_bool, False),
     "allow_multi_ip": _Key(_to_bool, False),
     "system_info_display": _Key(_to_bool, False),
-    "pprof_ip": _Key(_to_ip, False),
-    "pprof_port": _Key(_optional_port_converter(), False),
+    "pprof_ip": _Key(_to_ip, True),
+    "pprof_port": _Key(_optional_port_converter(), True),
 }
 
 #: Every key C{nps.conf} may hold: NPS's keys plus C{data_dir} and C{public_addr}.
@@ -858,7 +858,7 @@ _COMMON_KEYS: dict[str, _Key] = {
     "max_conn": _Key(_int_converter(0), False),
     "remark": _Key(_to_str, True),
     "proxy_url": _Key(_to_proxy_url, False),
-    "pprof_addr": _Key(_to_address, False),
+    "pprof_addr": _Key(_to_address, True),
     "disconnect_timeout": _Key(_int_converter(1), True),
 }
 _COMMON_DEFAULTS = CommonConfig()
