@@ -119,7 +119,8 @@ def exec_line(argv: Sequence[str]) -> str:
     return " ".join(_quote(arg) for arg in argv)
 
 
-def unit_text(kind: str, command: Sequence[str], user: str = SERVICE_USER, data_dir: str = DATA_DIR) -> str:
+def unit_text(kind: str, command: Sequence[str], user: str = SERVICE_USER, data_dir: str = DATA_DIR,
+              header: str | None = None) -> str:
     """
     The hardened systemd unit for C{kind}.
 
@@ -130,13 +131,15 @@ def unit_text(kind: str, command: Sequence[str], user: str = SERVICE_USER, data_
 
     @param kind: C{"nps"} or C{"npc"}.
     @param command: the full C{ExecStart} command line (absolute program path first).
+    @param header: the comment at the top (default: who wrote it).
     @return: the unit file's text.
     """
     _check_kind(kind)
     if not command or not os.path.isabs(command[0]):
         raise ValueError(f"ExecStart needs an absolute program path, got {list(command)!r}")
-    return f"""\
-# {kind}.service: written by `{kind} install`; `{kind} uninstall` removes it.
+    if header is None:
+        header = f"# {kind}.service: written by `{kind} install`; `{kind} uninstall` removes it.\n"
+    return header + f"""\
 [Unit]
 Description={_DESCRIPTIONS[kind]}
 Documentation=https://github.com/ehang-io/nps
@@ -288,13 +291,13 @@ def uninstall(kind: str, root: str = "/", out: TextIO = sys.stdout,
             removed = removed or stale == path
     if live:
         _systemctl("daemon-reload", err=out)
-    kept = (f"{_below(root, NPS_CONF)} and {_below(root, DATA_DIR)}: delete them" if kind == "nps"
-            else f"{_below(root, DATA_DIR)}: delete it")
+    kept = (f"{_below(root, NPS_CONF)} and {_below(root, DATA_DIR)}: delete them yourself if you no longer need them"
+            if kind == "nps" else f"{_below(root, DATA_DIR)}: delete it yourself if you no longer need it")
     if removed:
         print(f"Removed {path}.", file=out)
     else:
         print(f"{kind} is not installed as a service ({path} does not exist).", file=out)
-    print(f"Kept {kept} yourself if you no longer need it.", file=out)
+    print(f"Kept {kept}.", file=out)
     return removed
 
 
