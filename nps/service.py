@@ -319,14 +319,20 @@ def _warn_if_hidden(path: str, what: str, out: TextIO) -> None:
     if any(real == d or real.startswith(d + "/") for d in _HOME_DIRS):
         print(f"warning: {what} {path} is under a home directory, which the service cannot see "
               "(ProtectHome=yes); move it, e.g. to /opt or /etc/nps", file=out)
+    elif any(real.startswith(d + "/") for d in ("/tmp", "/var/tmp")):
+        print(f"warning: {what} {path} is in a temporary directory; the service has its own "
+              "(PrivateTmp=yes) and will not see it: move it, e.g. to /etc/nps", file=out)
 
 
 def _npc_flags(argv: Sequence[str], out: TextIO) -> list[str]:
     """The npc flags for C{ExecStart}: as given, with C{-config} made absolute."""
     flags = []
-    for arg in argv:
+    words = iter(argv)
+    for arg in words:
         dashes = "--" if arg.startswith("--") else "-"
         name, equals, value = arg.lstrip("-").partition("=")
+        if name in ("config", "c") and not equals:  # Go's `-config FILE`
+            equals, value = "=", next(words, "")
         if name in ("config", "c") and equals and value:
             value = os.path.abspath(value)
             if not os.path.isfile(value):
