@@ -2,7 +2,6 @@
 """The C{npc} console script, taking NPS's own flags (C{npc -server=H:P -vkey=K -type=tcp})."""
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Sequence
 
@@ -10,10 +9,10 @@ from twisted.python import usage
 
 from nps import __version__
 from nps.cli.flags import normalize_go_flags
-from nps.cli.run import begin_logging, nps_log_level, run_service
+from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 
 GO_FLAGS = (
-    "server", "vkey", "type", "config", "proxy", "log", "log_level", "log_path", "debug", "password",
+    "server", "vkey", "type", "config", "proxy", "log", "log_level", "log_path", "log_format", "debug", "password",
     "local_type", "local_port", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
     "remark",
 )
@@ -21,7 +20,9 @@ NOT_YET = {"register": "npc register", "update": "self-update", "nat": "NAT type
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
 SERVICE_VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "reload")
 #: NPS flags we accept and ignore (documented as such).
-IGNORED = ("log", "log_path", "debug", "pprof", "stun_addr", "time", "proxy", "target", "local_type", "local_port")
+IGNORED = ("log", "debug", "pprof", "stun_addr", "time", "proxy", "target", "local_type", "local_port")
+#: Flags main() handles itself (not options of the npc service).
+LOGGING_FLAGS = ("log_level", "log_path", "log_format")
 
 
 def split_root(args: Sequence[str]) -> tuple[str, list[str]] | str:
@@ -57,7 +58,7 @@ def check_install_flags(flags: Sequence[str]) -> str | None:
         word = [arg]
         if not equals and name not in ("version", "debug"):
             word.append(next(words, ""))  # Go also takes `-server 1.2.3.4:8024`
-        if name not in IGNORED and name not in ("log_level", "version"):
+        if name not in IGNORED and name not in LOGGING_FLAGS and name != "version":
             passthrough.extend(normalize_go_flags(word, GO_FLAGS))
     try:
         Options().parseOptions(passthrough)
@@ -98,14 +99,6 @@ def service_command(verb: str, rest: Sequence[str]) -> int:
     return service.control("npc", verb)
 
 
-def on_reload_signal(signum: int, frame: object) -> None:
-    """SIGHUP (C{systemctl reload npc}): nothing to re-read yet, so say so instead of dying."""
-    from twisted.logger import Logger
-
-    Logger(namespace="npc").info("npc: received SIGHUP: nothing to reload; "
-                                 "changes to npc.conf need `systemctl restart npc`")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in SERVICE_VERBS:
@@ -123,11 +116,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = Options()
     passthrough = []
     log_level = 6
+    log_path = ""
+    log_format = "text"
     show_version = False
     for arg in args:
         name, _, value = arg.lstrip("-").partition("=")
         if name == "version":
             show_version = True
+        elif name == "log_path":
+            log_path = value
+        elif name == "log_format":
+            if value not in ("text", "json"):
+                print(f"npc: -log_format={value!r}: expected text or json", file=sys.stderr)
+                return 2
+            log_format = value
         elif name == "log_level":
             try:
                 log_level = int(value)
@@ -149,10 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except usage.UsageError as e:
         print(f"npc: {e}", file=sys.stderr)
         return 1
-    begin_logging(nps_log_level(log_level))
+    try:
+        out = open_log(log_path) if log_path else sys.stdout
+    except OSError as e:
+        print(f"npc: cannot open -log_path={log_path}: {e}", file=sys.stderr)
+        return 1
+    begin_logging(nps_log_level(log_level), out, json_lines=log_format == "json")
     from nps.tap.client import makeService
 
-    signal.signal(signal.SIGHUP, on_reload_signal)
     return run_service(lambda reactor, on_fatal: makeService(options, reactor, on_fatal), "npc")
 
 

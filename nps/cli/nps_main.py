@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from typing import Sequence
 
 from nps import __version__
 from nps.cli.flags import normalize_go_flags
-from nps.cli.run import begin_logging, nps_log_level, run_service
+from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 from nps.config import ConfigError, ServerConfig, format_host_port, load_server_config
 
-GO_FLAGS = ("conf_path", "config", "version")
+GO_FLAGS = ("log_format", "conf_path", "config", "version")
 SERVICE_VERBS = ("install", "start", "stop", "restart", "uninstall", "reload", "update", "status")
 
 
@@ -37,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", help="path to nps.conf")
     parser.add_argument("--conf_path", help="NPS run directory: reads DIR/conf/nps.conf")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--log_format", choices=("text", "json"), default="text",
+                        help="log lines as text (default) or JSON lines")
     sub = parser.add_subparsers(dest="command")
     admin.add_arguments(sub)
     for verb in SERVICE_VERBS:
@@ -91,15 +92,6 @@ def service_command(args: argparse.Namespace) -> int:
     return service.control("nps", args.command)
 
 
-def on_reload_signal(signum: int, frame: object) -> None:
-    """SIGHUP (C{systemctl reload nps}): nothing to re-read yet, so say so instead of dying."""
-    from twisted.logger import Logger
-
-    Logger(namespace="nps").info(
-        "nps: received SIGHUP: clients and tunnels are applied from the store while running; "
-        "changes to nps.conf need `systemctl restart nps`")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = normalize_go_flags(list(sys.argv[1:] if argv is None else argv), GO_FLAGS)
     parser = build_parser()
@@ -133,7 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin.run(args, store, server_addr(config), sys.stdout)
         finally:
             store.close()
-    begin_logging(nps_log_level(config.log_level))
+    try:
+        out = open_log(config.log_path) if config.log_path else sys.stdout
+    except OSError as e:
+        print(f"nps: cannot open log_path {config.log_path}: {e}", file=sys.stderr)
+        return 1
+    begin_logging(nps_log_level(config.log_level), out, json_lines=args.log_format == "json")
     from nps.modes import load_modes
     from nps.server import NpsServer
     from nps.tap.server import log_config_warnings
@@ -142,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config_warnings(config.warnings)
         return NpsServer(config, reactor, load_modes())
 
-    signal.signal(signal.SIGHUP, on_reload_signal)
     return run_service(build, "nps")
 
 
