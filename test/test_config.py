@@ -97,6 +97,8 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
 SERVER_BUILT = {
+    "pprof_ip",
+    "pprof_port",
     "appname",
     "runmode",
     "bridge_type",
@@ -611,7 +613,6 @@ disconnect_timeout=30
         "flow_limit",
         "max_conn",
         "proxy_url",
-        "pprof_addr",
     }
     assert "npc.conf:10: [common] key 'crypt' is accepted but not supported yet" in c.warnings
     assert KNOWN_CLIENT_COMMON_KEYS == {line.split("=")[0] for line in text.splitlines()[1:]}
