@@ -31,11 +31,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from nps.config import format_host_port
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
 from nps.protocols.filepath import PathRefused, canonical_path, map_request_path, prefix_segments
-from nps.relay import Relay, RelayFactory
+from nps.plugins.tcp import PublicRelayProtocol
 
 Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
 
@@ -54,33 +53,15 @@ class FileModeError(Exception):
 # -- server side ---------------------------------------------------------------
 
 
-class PublicFileProtocol(Relay):
-    """A user connection on a file tunnel's public port; relayed into a stream."""
+class PublicFileProtocol(PublicRelayProtocol):
+    """A user connection on a file tunnel's public port; relayed into a stream npc serves."""
 
-    log = Logger()
     factory: "PublicFileFactory"
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
+    def link_for(self, remote: str) -> dict[str, Any]:
         tunnel = self.factory.tunnel
-        peer = self.transport.getPeer()
-        link = {
-            "mode": FileMode.name,
-            "local_path": tunnel.local_path,
-            "strip_pre": tunnel.strip_pre,
-            "remote": format_host_port(peer.host, peer.port),
-            "tunnel": tunnel.id,
-        }
-        d = self.factory.opener(link).connect(RelayFactory(self))
-        if not d.called:
-            self.transport.pauseProducing()  # until the stream side joins (which resumes it)
-        d.addErrback(self._open_failed, link)
-
-    def _open_failed(self, failure: Failure, link: dict[str, Any]) -> None:
-        self.log.info("file tunnel {tunnel}: {remote} -> {local_path} failed: {reason}",
-                      tunnel=self.factory.tunnel.id, remote=link["remote"], local_path=link["local_path"],
-                      reason=failure.getErrorMessage())
-        self.transport.loseConnection()
+        return {"mode": FileMode.name, "local_path": tunnel.local_path, "strip_pre": tunnel.strip_pre,
+                "remote": remote}
 
 
 class PublicFileFactory(Factory):

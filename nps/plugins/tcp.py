@@ -16,7 +16,7 @@ from zope.interface import implementer
 from nps.config import format_host_port, parse_host_port
 from nps.connect import connect_tcp
 from nps.interfaces import IProxyMode
-from nps.model import Tunnel
+from nps.model import Tunnel, describe_link
 from nps.relay import Relay, RelayFactory
 
 CONNECT_TIMEOUT = 10.0
@@ -24,21 +24,24 @@ CONNECT_TIMEOUT = 10.0
 Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
 
 
-class PublicTcpProtocol(Relay):
-    """A user connection on the tunnel's public port; opens a stream to the client."""
+class PublicRelayProtocol(Relay):
+    """A user connection on a tunnel's public port, relayed into a new stream to the client.
+
+    Subclasses say what the stream is for in L{link_for}; the factory has
+    C{tunnel} and C{opener}.
+    """
 
     log = Logger()
-    factory: "PublicTcpFactory"
+    factory: Any
+
+    def link_for(self, remote: str) -> dict[str, Any]:
+        raise NotImplementedError
 
     def connectionMade(self) -> None:
         super().connectionMade()
         peer = self.transport.getPeer()
-        link = {
-            "mode": "tcp",
-            "target": self.factory.next_target(),
-            "remote": format_host_port(peer.host, peer.port),
-            "tunnel": self.factory.tunnel.id,
-        }
+        link = self.link_for(format_host_port(peer.host, peer.port))
+        link.setdefault("tunnel", self.factory.tunnel.id)
         d = self.factory.opener(link).connect(RelayFactory(self))
         if not d.called:
             self.transport.pauseProducing()  # until the stream side joins (which resumes it)
@@ -46,9 +49,18 @@ class PublicTcpProtocol(Relay):
 
     def _open_failed(self, failure: Failure, link: dict[str, Any]) -> None:
         self.log.info("tunnel {tunnel}: {remote} -> {target} failed: {reason}",
-                      tunnel=self.factory.tunnel.id, remote=link["remote"], target=link["target"],
+                      tunnel=self.factory.tunnel.id, remote=link["remote"], target=describe_link(link),
                       reason=failure.getErrorMessage())
         self.transport.loseConnection()
+
+
+class PublicTcpProtocol(PublicRelayProtocol):
+    """A user connection on a tcp tunnel's port: the stream goes to the next target."""
+
+    factory: "PublicTcpFactory"
+
+    def link_for(self, remote: str) -> dict[str, Any]:
+        return {"mode": "tcp", "target": self.factory.next_target(), "remote": remote}
 
 
 class PublicTcpFactory(Factory):

@@ -145,10 +145,14 @@ def makeService(options: Options, reactor: Any = None,
     auto_reconnect = True if common.auto_reconnection is None else common.auto_reconnection
     modes = load_modes()
     config_path = settings.config_path
-    reload_tunnels = None
+    reload_tunnels: Callable[[], tuple[Tunnel, ...]] | None = None
     if config_path is not None:
-        def reload_tunnels() -> tuple[Tunnel, ...]:
-            return tunnels_from_config(load_client_config(config_path, modes=modes))
+        path = config_path
+
+        def reread() -> tuple[Tunnel, ...]:
+            return tunnels_from_config(load_client_config(path, modes=modes))
+
+        reload_tunnels = reread
     return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
