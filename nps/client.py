@@ -19,6 +19,7 @@ from nps.debug import attach_client_debug
 from nps.metrics import ClientStats
 from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
+from nps.visitor import Visitor, listen_visitor
 
 PING_INTERVAL = 5.0
 CONNECT_TIMEOUT = 10.0
@@ -48,6 +49,7 @@ class NpcService(MultiService):
         max_retry_delay: float = 30.0,
         debug_addr: str = "",
         reload_tunnels: Callable[[], Sequence[Tunnel]] | None = None,
+        visitors: Sequence[Visitor] = (),
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -60,6 +62,8 @@ class NpcService(MultiService):
         self.idle_timeout = max(disconnect_timeout, 1) * PING_INTERVAL
         self._on_fatal = on_fatal
         self._reload_tunnels = reload_tunnels
+        self.visitors = list(visitors)
+        self._visitor_ports: list[Any] = []
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
         self._pending_fatal: tuple[int, str] | None = None
@@ -79,6 +83,14 @@ class NpcService(MultiService):
     # Our own loop rather than ClientService: ClientService raises NoTransition when a
     # connection rejected by prepareConnection later closes (Twisted 24-26).
 
+    def privilegedStartService(self) -> None:
+        """Open the visitors' local ports now, so a taken port stops start-up with an error."""
+        for visitor in self.visitors:
+            self._visitor_ports.append(listen_visitor(self.reactor, self, visitor))
+            self.log.info("secret {name}: local port {ip}:{port} -> server (by password)",
+                          name=visitor.name, ip=visitor.local_ip, port=visitor.local_port)
+        super().privilegedStartService()
+
     def startService(self) -> None:
         self.log.info("npc connecting to {server}", server=self.server)
         super().startService()
@@ -92,6 +104,9 @@ class NpcService(MultiService):
             self._attempt.cancel()
         if self.current is not None:
             self.current.transport.loseConnection()
+        for port in self._visitor_ports:
+            port.stopListening()
+        self._visitor_ports.clear()
         return super().stopService()
 
     def _connect(self) -> None:

@@ -798,7 +798,9 @@ TUNNEL_MODES: Mapping[str, str] = {
 }
 #: Modes this release serves; a caller that loaded the mode plugins passes their
 #: names instead (see L{parse_client_config}'s C{modes}).
-BUILT_MODES = frozenset({"tcp", "udp", "socks5", "httpProxy", "file"})
+BUILT_MODES = frozenset({"tcp", "udp", "socks5", "httpProxy", "file", "secret"})
+#: Modes the server itself implements (no plugin): always available.
+NATIVE_MODES = frozenset({"secret"})
 #: Modes whose public side is a TCP listener (they cannot share a port).
 _TCP_LISTENER_MODES = frozenset({"tcp", "socks5", "httpProxy", "file"})
 #: Keys a mode added by a third-party plugin may use.
@@ -1258,7 +1260,7 @@ def _build_tunnel(reader: _Reader, unsupported: list[str], modes: Collection[str
     for key, (_, line) in reader.section.entries.items():
         if key in KNOWN_TUNNEL_KEYS and key != "mode" and key not in _MODE_KEYS.get(mode, _PLUGIN_MODE_KEYS):
             reader.warn(line, f"key {key!r} has no effect with mode {mode!r}")
-    if mode not in modes:
+    if mode not in modes and mode not in NATIVE_MODES:
         unsupported.append(f"[{name}]")
         reader.warn(reader.line("mode"), f"mode {mode!r} not supported yet")
 
@@ -1368,7 +1370,7 @@ def _build_visitor(reader: _Reader, kind: str, unsupported: list[str]) -> Visito
 
     @param reader: the section.
     @param kind: C{"secret"} or C{"p2p"}.
-    @param unsupported: collects C{"[name]"} (visitors are not built yet).
+    @param unsupported: collects C{"[name]"} for p2p visitors (not built yet).
     @return: the visitor.
     """
     name = reader.section.name
@@ -1380,8 +1382,9 @@ def _build_visitor(reader: _Reader, kind: str, unsupported: list[str]) -> Visito
         target_addr = reader.require("target_addr", _to_address, "host:port on the provider's network")
     elif reader.raw("target_addr"):
         reader.warn(reader.line("target_addr"), "key 'target_addr' has no effect for a secret visitor")
-    unsupported.append(f"[{name}]")
-    reader.warn(reader.section.line, f"{kind} visitor sections are accepted but not supported yet")
+    if kind != "secret":
+        unsupported.append(f"[{name}]")
+        reader.warn(reader.section.line, f"{kind} visitor sections are accepted but not supported yet")
     return VisitorSection(
         name=name,
         line=reader.section.line,

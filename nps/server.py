@@ -2,6 +2,7 @@
 """The nps server: client sessions, tunnels and their public listeners."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from nps.debug import attach_server_debug
 from nps.metrics import ServerStats
 from nps.model import ClientRecord, Tunnel, describe_link
 from nps.mux import StreamRefused
+from nps.relay import Relay, RelayFactory
 from nps.protocols.frames import GoAwayCode
 from nps.protocols.handshake import key_id
 from nps.stats import TrafficCounter
@@ -151,6 +153,7 @@ class NpsServer(MultiService):
         self._keys: dict[str, tuple[str, int | None]] = {}
         self._revision = -1
         self._ephemeral_ids = itertools.count(-1, -1)
+        self._secrets: dict[str, int] = {}
         self._bridge_port: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
@@ -401,6 +404,10 @@ class NpsServer(MultiService):
         gatherResults(pending).addCallback(report)
 
     def _check_tunnel(self, tunnel: Tunnel) -> None:
+        if tunnel.mode == "secret":
+            if not tunnel.password or not tunnel.targets:
+                raise ValueError("a secret tunnel needs password= and target_addr=")
+            return
         if tunnel.mode not in self.modes:
             raise ValueError(f"mode {tunnel.mode!r} is not supported by this server "
                              f"(available: {', '.join(sorted(self.modes))})")
@@ -423,6 +430,8 @@ class NpsServer(MultiService):
 
     def _open_tunnel(self, tunnel: Tunnel) -> Deferred[str | None]:
         """Start listening for C{tunnel}; fires with None or an error message."""
+        if tunnel.mode == "secret":
+            return succeed(self._register_secret(tunnel))
         mode = self.modes.get(tunnel.mode)
         if mode is None:
             message = f"mode {tunnel.mode!r} is not supported yet"
@@ -463,6 +472,50 @@ class NpsServer(MultiService):
         accounts = accounts_for(tunnel)
         accounts.setdefault(client.basic_username, client.basic_password)
         return attrs.evolve(tunnel, options=dict(tunnel.options, **{ACCOUNTS_OPTION: format_accounts(accounts)}))
+
+    # -- secret tunnels: no public port, visitors come over their own bridge --------
+
+    def _register_secret(self, tunnel: Tunnel) -> str | None:
+        key = _secret_key(tunnel.password)
+        other = self._secrets.get(key)
+        if other is not None and other in self.tunnels:
+            message = f"the password of secret tunnel {tunnel.remark!r} is already used by another tunnel"
+            self.log.error("tunnel {id}: {message}", id=tunnel.id, message=message)
+            return message
+        running = RunningTunnel(tunnel, port=_SecretHandle())
+        self.tunnels[tunnel.id] = running
+        self._secrets[key] = tunnel.id
+        self.log.info("tunnel {id} ({remark}): secret -> client {client} {targets}", id=tunnel.id,
+                      remark=tunnel.remark, client=tunnel.client_id, targets=",".join(tunnel.targets))
+        return None
+
+    def stream_from_client(self, session: ClientSession, stream: Any) -> None:
+        """A client opened a stream: a secret visitor asking for a tunnel by its password."""
+        mux = stream.mux
+        link = stream.link
+        if link.get("mode") != "secret" or not isinstance(link.get("password"), str):
+            mux.refuse_stream(stream, "clients may only open secret-visitor streams")
+            return
+        tunnel_id = self._secrets.get(_secret_key(link["password"]))
+        running = self.tunnels.get(tunnel_id) if tunnel_id is not None else None
+        if running is None:
+            self.log.warn("client {id}: secret visit from {remote} refused: wrong password",
+                          id=session.client_id, remote=session.remote)
+            mux.refuse_stream(stream, "wrong password (no such secret tunnel)")
+            return
+        tunnel = running.tunnel
+        remote = f"secret visitor {session.remote}"
+        visitor_side = Relay()
+        d = self.opener_for(running)({"mode": "tcp", "target": tunnel.targets[0], "remote": remote,
+                                      "tunnel": tunnel.id}).connect(RelayFactory(visitor_side))
+
+        def provider_ready(_: Any) -> None:
+            mux.accept_stream(stream, visitor_side)
+
+        def provider_missing(failure: Any) -> None:
+            mux.refuse_stream(stream, f"secret tunnel {tunnel.remark!r}: {failure.getErrorMessage()}")
+
+        d.addCallbacks(provider_ready, provider_missing)
 
     def _close_tunnel(self, tunnel_id: int) -> Deferred[None]:
         running = self.tunnels.pop(tunnel_id, None)
@@ -536,6 +589,18 @@ class NpsServer(MultiService):
 
     def _store_failed(self, failure: Any) -> None:
         self.log.failure("store operation failed", failure)
+
+
+class _SecretHandle:
+    """Stands in for a listening port: a secret tunnel has none."""
+
+    def stopListening(self) -> None:
+        return None
+
+
+def _secret_key(password: str) -> str:
+    """Secret tunnels are found by a hash of their password (the password itself is not kept as a key)."""
+    return hashlib.sha256(b"nps-secret\x00" + password.encode("utf-8")).hexdigest()
 
 
 def _identity(tunnel: Tunnel) -> tuple[Any, ...]:

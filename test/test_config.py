@@ -957,9 +957,7 @@ target_addr=22
     assert [h.name for h in c.hosts] == ["web"]
     assert set(c.unsupported) == {
         "[health_web]",
-        "[secret_ssh]",
         "[p2p_ssh]",
-        "[secret_tunnel]",
         "[p2p_provider]",
         "[web]",
     }
@@ -1009,10 +1007,10 @@ def test_unsupported_mode_warns() -> None:
     """
     NPS modes that are not built yet are accepted with a "not supported yet" warning; built ones are not.
     """
-    c = client(COMMON + "[ssh]\nmode=secret\npassword=k\ntarget_addr=127.0.0.1:22\n"
+    c = client(COMMON + "[p2p_ssh_provider]\nmode=p2p\npassword=k\n"
                "[dns]\nmode=udp\nserver_port=12253\ntarget_addr=114.114.114.114:53\n")
-    assert c.unsupported == ("[ssh]",)
-    assert c.warnings == ("npc.conf:5: [ssh] mode 'secret' not supported yet",)
+    assert c.unsupported == ("[p2p_ssh_provider]",)
+    assert c.warnings == ("npc.conf:5: [p2p_ssh_provider] mode 'p2p' not supported yet",)
 
 
 def test_tunnel_targets() -> None:

@@ -412,3 +412,29 @@ class ServerClientTests(TestCase):
         self.start_client(server, "the-second-public-key-111")
         yield wait_for(lambda: any(s.public for s in server.sessions.values()))
         self.assertEqual(self.fatal, [])
+
+    @inlineCallbacks
+    def test_secret_tunnel_visitor(self):  # type: ignore[no-untyped-def]
+        """A secret tunnel opens no public port; a visitor npc with the password reaches the target
+        through the server, and a wrong password is refused."""
+        from nps.visitor import Visitor
+
+        provider_record, visitor_record = self.add_client("provider"), self.add_client("visitor")
+        server = self.start_server()
+        secret = Tunnel(0, 0, "secret", password="ssh2-secret", targets=(self.echo_addr,), remark="ssh_secret")
+        self.start_client(server, provider_record.vkey, (secret,))
+        yield wait_for(lambda: any(t.tunnel.mode == "secret" for t in server.tunnels.values()))
+        good_port, bad_port = self.free_port(), self.free_port()
+        visitor = NpcService(reactor, "127.0.0.1", server.bridge_address.port, visitor_record.vkey, load_modes(),
+                             visitors=[Visitor("ssh2-secret", good_port), Visitor("wrong", bad_port)],
+                             on_fatal=lambda code, msg: self.fatal.append((code, msg)))
+        visitor.privilegedStartService()
+        visitor.startService()
+        self.addCleanup(visitor.stopService)
+        yield wait_for(lambda: visitor_record.id in server.sessions)
+        received = yield self.roundtrip(good_port, b"through the secret")
+        self.assertEqual(received, b"through the secret")
+        refused = yield self.roundtrip_until_closed(bad_port, b"hello?")
+        self.assertEqual(refused, b"")
+        counter = next(t.counter for t in server.tunnels.values() if t.tunnel.mode == "secret")
+        self.assertEqual(counter.bytes_in, len(b"through the secret"))

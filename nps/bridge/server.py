@@ -132,7 +132,7 @@ class BridgeServerProtocol(Protocol):
             self.transport,
             self.factory.reactor,
             is_client=False,
-            on_stream=None,
+            on_stream=lambda stream: server.stream_from_client(session, stream),
             on_control=lambda message: server.control_received(session, message),
             on_close=lambda reason: None,
             ping_interval=server.ping_interval,

@@ -13,14 +13,14 @@ from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 
 GO_FLAGS = (
     "server", "vkey", "type", "config", "proxy", "log", "log_level", "log_path", "log_format", "debug", "password",
-    "local_type", "local_port", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
+    "local_type", "local_port", "local_ip", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
     "remark",
 )
 NOT_YET = {"register": "npc register", "update": "self-update", "nat": "NAT type detection"}
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
 SERVICE_VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "reload")
 #: NPS flags we accept and ignore (documented as such).
-IGNORED = ("log", "debug", "pprof", "stun_addr", "time", "proxy", "target", "local_type", "local_port")
+IGNORED = ("log", "debug", "pprof", "stun_addr", "time", "proxy", "target")
 #: Flags main() handles itself (not options of the npc service).
 LOGGING_FLAGS = ("log_level", "log_path", "log_format")
 
@@ -53,8 +53,6 @@ def check_install_flags(flags: Sequence[str]) -> str | None:
         name, equals, _ = arg.lstrip("-").partition("=")
         if not arg.startswith("-") or name not in GO_FLAGS:
             return f"unknown flag {arg!r} for npc install"
-        if name == "password":
-            return "visitor mode (-password, secret/p2p) is not supported yet"
         word = [arg]
         if not equals and name not in ("version", "debug"):
             word.append(next(words, ""))  # Go also takes `-server 1.2.3.4:8024`
@@ -136,9 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError:
                 print(f"npc: -log_level={value!r} is not a number 0-7", file=sys.stderr)
                 return 2
-        elif name == "password":
-            print("npc: visitor mode (-password, secret/p2p) is not supported yet", file=sys.stderr)
-            return 2
         elif name in IGNORED:
             print(f"npc: warning: flag -{name} is accepted but not supported yet", file=sys.stderr)
         else:

@@ -13,6 +13,7 @@ from twisted.python import usage
 from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
 from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
 from nps.model import Tunnel
+from nps.visitor import Visitor
 
 log = Logger()
 
@@ -28,6 +29,7 @@ class ClientSettings:
     tunnels: tuple[Tunnel, ...] = ()
     warnings: tuple[str, ...] = ()
     config_path: str | None = None
+    visitors: tuple[Visitor, ...] = ()
 
 
 def tunnels_from_config(config: ClientConfig) -> tuple[Tunnel, ...]:
@@ -76,6 +78,10 @@ class Options(usage.Options):
         ["type", "t", "tcp", "Bridge transport: tcp (kcp not supported yet)."],
         ["disconnect_timeout", None, None, "Ping-miss threshold in 5 s ticks (default 60)."],
         ["remark", None, "", "A name for this client, shown in the server's logs."],
+        ["password", None, None, "Visitor mode: the secret tunnel's password."],
+        ["local_type", None, "secret", "Visitor mode: secret (p2p not supported yet)."],
+        ["local_port", None, "2000", "Visitor mode: local port to listen on (127.0.0.1)."],
+        ["local_ip", None, "127.0.0.1", "Visitor mode: local address to listen on."],
     ]
 
     def postOptions(self) -> None:
@@ -97,6 +103,7 @@ class Options(usage.Options):
             from nps.modes import load_modes
 
             config = load_client_config(config_path, modes=load_modes())
+            self._config = config
             common = config.common
             warnings.extend(config.warnings)
             server = self["server"] or common.server_addr
@@ -122,7 +129,30 @@ class Options(usage.Options):
             host, port = parse_host_port(server)
         except ValueError as e:
             raise usage.UsageError(f"{where}: server address: {e}") from None
-        return ClientSettings(host, port, vkey, common, tunnels, tuple(warnings), config_path)
+        return ClientSettings(host, port, vkey, common, tunnels, tuple(warnings), config_path,
+                              self._visitors(config_path))
+
+    def _visitors(self, config_path: str | None) -> tuple[Visitor, ...]:
+        """Secret visitors from -password/-local_port, or from npc.conf's visitor sections."""
+        visitors = []
+        if self["password"]:
+            if self["local_type"] != "secret":
+                raise usage.UsageError(f"-local_type={self['local_type']}: only secret visitors are supported yet")
+            try:
+                port = int(self["local_port"])
+                if not 0 < port < 65536:
+                    raise ValueError
+            except ValueError:
+                raise usage.UsageError(f"-local_port={self['local_port']!r} is not a port number") from None
+            visitors.append(Visitor(self["password"], port, self["local_ip"]))
+        if config_path is not None and self._config is not None:
+            for section in self._config.visitors:
+                if section.kind == "secret":
+                    visitors.append(Visitor(section.password, section.local_port, section.local_ip,
+                                            name=section.name))
+        return tuple(visitors)
+
+    _config: ClientConfig | None = None
 
 
 def makeService(options: Options, reactor: Any = None,
@@ -156,4 +186,5 @@ def makeService(options: Options, reactor: Any = None,
     return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
-                      reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr)
+                      reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
+                      visitors=settings.visitors)
