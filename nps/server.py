@@ -41,6 +41,10 @@ class ClientOffline(Exception):
     """The tunnel's client has no bridge session right now."""
 
 
+class LimitReached(Exception):
+    """A limit of the tunnel's client (max_conn, flow_limit) refuses a new connection."""
+
+
 @attrs.define(eq=False)
 class ClientSession:
     """One authenticated npc connection."""
@@ -81,16 +85,30 @@ class StreamEndpoint:
         session = self._server.sessions.get(self._client_id)
         if session is None or session.mux is None:
             return fail(ClientOffline(f"client {self._client_id} is offline"))
+        limit = self._server.limit_reached(self._client_id)
+        if limit:
+            self._server.log.info("client {client}: refusing {remote}: {limit}", client=self._client_id,
+                                  remote=self._link.get("remote"), limit=limit)
+            return fail(LimitReached(limit))
         try:
             stream = session.mux.start_stream(self._link)
         except StreamRefused as e:
             return fail(e)
         for counter in self._counters:
             counter.connections += 1
+            counter.open += 1
         own = TrafficCounter(connections=1)
         stream.counters.extend(self._counters)
         stream.counters.append(own)
-        stream.on_close = AccessLog(self._client_id, self._link, own, self._server.reactor.seconds()).closed
+        access = AccessLog(self._client_id, self._link, own, self._server.reactor.seconds())
+        counters = self._counters
+
+        def closed(stream: Any, reason: Any) -> None:
+            for counter in counters:
+                counter.open -= 1
+            access.closed(stream, reason)
+
+        stream.on_close = closed
         protocol = protocolFactory.buildProtocol(stream.getPeer())
         if protocol is None:
             stream.reset("refused locally")
@@ -472,6 +490,20 @@ class NpsServer(MultiService):
         accounts = accounts_for(tunnel)
         accounts.setdefault(client.basic_username, client.basic_password)
         return attrs.evolve(tunnel, options=dict(tunnel.options, **{ACCOUNTS_OPTION: format_accounts(accounts)}))
+
+    # -- limits (enforced here, never trusted from npc) ------------------------------
+
+    def limit_reached(self, client_id: int) -> str:
+        """Why a new connection for C{client_id} must be refused now (empty: it may go ahead)."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return ""
+        counter = self.client_counters.setdefault(client_id, TrafficCounter())
+        if client.max_conn and counter.open >= client.max_conn:
+            return f"max_conn {client.max_conn} reached"
+        if client.flow_limit and counter.bytes_in + counter.bytes_out >= client.flow_limit * 1024 * 1024:
+            return f"flow_limit of {client.flow_limit} MB used up"
+        return ""
 
     # -- secret tunnels: no public port, visitors come over their own bridge --------
 

@@ -11,4 +11,6 @@ class TrafficCounter:
 
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Connections made so far, and those open now.
     connections: int = 0
+    open: int = 0

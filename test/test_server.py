@@ -438,3 +438,35 @@ class ServerClientTests(TestCase):
         self.assertEqual(refused, b"")
         counter = next(t.counter for t in server.tunnels.values() if t.tunnel.mode == "secret")
         self.assertEqual(counter.bytes_in, len(b"through the secret"))
+
+    @inlineCallbacks
+    def test_max_conn_and_flow_limit_are_enforced(self):  # type: ignore[no-untyped-def]
+        """The server refuses connections past a client's max_conn, and any once its flow_limit is used up."""
+        record = self.add_client()
+        store = Store(self.data_dir)
+        try:
+            store.update_client(record.id, max_conn=1, flow_limit=1)
+        finally:
+            store.close()
+        port = self.free_port()
+        tunnel = self.add_tunnel(record.id, port, self.echo_addr)
+        server = self.start_server()
+        self.start_client(server, record.vkey)
+        yield wait_for(lambda: record.id in server.sessions and tunnel.id in server.tunnels
+                       and server.tunnels[tunnel.id].port is not None)
+        first = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), first)
+        first.transport.write(b"one")
+        yield wait_for(lambda: first.received == b"one")
+        second = yield self.roundtrip_until_closed(port, b"two")
+        self.assertEqual(second, b"")
+        first.transport.loseConnection()
+        yield first.closed
+        yield wait_for(lambda: server.client_counters[record.id].open == 0)
+        big = b"x" * (600 * 1024)  # echoed: 1.2 MB of traffic in all
+        received = yield self.roundtrip(port, big)
+        self.assertEqual(len(received), len(big))
+        yield wait_for(lambda: server.client_counters[record.id].open == 0)
+        after = yield self.roundtrip_until_closed(port, b"more")
+        self.assertEqual(after, b"")
+        self.assertIn("flow_limit", server.limit_reached(record.id))
