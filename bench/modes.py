@@ -10,11 +10,9 @@ is bounded in time; a mode the build does not have yet shows "n/a".
 """
 from __future__ import annotations
 
-import base64
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path

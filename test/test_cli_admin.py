@@ -115,7 +115,7 @@ def test_client_list(nps: Runner, store: Store) -> None:
     """client list shows id, remark, vkey, online status with address and version, and tunnel counts."""
     a = store.add_client("alpha")
     b = store.add_client("beta")
-    c = store.add_client("gamma")
+    store.add_client("gamma")
     store.add_tunnel(a.id, "tcp", 8000, ["127.0.0.1:22"])
     store.add_tunnel(a.id, "udp", 8000, ["127.0.0.1:53"])
     store.set_client_online(a.id, True, "198.51.100.1:40000", "0.1.0")
