@@ -17,7 +17,7 @@ import pytest
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
@@ -56,31 +56,10 @@ def sample(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-class Collect(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-
-@inlineCallbacks
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    """Poll C{predicate} every 20 ms until true; fail after C{timeout} seconds."""
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        yield deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"condition not met within {timeout}s")
+try:
+    from .inprocess import Collect, Echo, wait_for  # type: ignore[import-not-found]
+except ImportError:
+    from inprocess import Collect, Echo, wait_for  # type: ignore[no-redef]
 
 
 def free_port() -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -21,33 +21,10 @@ from nps.server import NpsServer
 from nps.store import Store
 
 
-class Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-
-class Collect(Protocol):
-    """Collects what it receives; C{closed} fires on disconnect."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-
-@inlineCallbacks
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    """Poll C{predicate} every 20 ms until true; fail after C{timeout} seconds."""
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        yield deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"condition not met within {timeout}s")
+try:
+    from .inprocess import Collect, Echo, wait_for  # type: ignore[import-not-found]
+except ImportError:
+    from inprocess import Collect, Echo, wait_for  # type: ignore[no-redef]
 
 
 class ServerClientTests(TestCase):
