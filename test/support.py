@@ -751,3 +751,22 @@ def until(check: Callable[[], Any], timeout: float = 60.0, what: str = "conditio
 
 def count_in_log(proc: Proc, substring: str) -> int:
     return sum(1 for line in proc.log_text().splitlines() if substring in line)
+
+
+def start_config_tunnel(
+    nps_server: Callable[..., Any], npc_client: Callable[..., Any], vkey: str, name: str,
+    section: Mapping[str, object], **common: object,
+) -> tuple[Any, Any, int]:
+    """
+    nps with C{public_vkey=vkey} and an npc whose npc.conf has one tunnel
+    section C{name} (C{section} plus server_ip=127.0.0.1 and a free
+    server_port); returns (server, npc, public port) once the port is open.
+    """
+    server = nps_server(public_vkey=vkey)
+    port = free_port()
+    conf = render_npc_conf(server.bridge_addr, vkey,
+                           {name: {**section, "server_ip": "127.0.0.1", "server_port": port}}, **common)
+    npc = npc_client(conf=conf)
+    wait_for_log(npc, "is open on the server")
+    wait_for_port("127.0.0.1", port, proc=server.proc)
+    return server, npc, port

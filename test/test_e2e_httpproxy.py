@@ -88,17 +88,7 @@ def start_proxy(
     nps_server: Callable[..., Any], npc_client: Callable[..., Proc], **common: object
 ) -> tuple[Any, Proc, int]:
     """nps + npc with one httpProxy section on 127.0.0.1; returns (server, npc, proxy port)."""
-    server = nps_server(public_vkey=VKEY)
-    port = support.free_port()
-    conf = support.render_npc_conf(
-        server.bridge_addr, VKEY,
-        {"proxy": {"mode": "httpProxy", "server_ip": "127.0.0.1", "server_port": port}},
-        **common,
-    )
-    npc = npc_client(conf=conf)
-    support.wait_for_log(npc, "is open on the server")
-    support.wait_for_port("127.0.0.1", port, proc=server.proc)
-    return server, npc, port
+    return support.start_config_tunnel(nps_server, npc_client, VKEY, "proxy", {"mode": "httpProxy"}, **common)
 
 
 def start_echo(spawn: Callable[..., Proc], name: str) -> int:

@@ -44,18 +44,8 @@ while True:
 def start_socks(
     nps_server: Callable[..., Any], npc_client: Callable[..., Proc], **common: object
 ) -> tuple[Any, Proc, int]:
-    """nps + npc with one socks5 section on 127.0.0.1; returns (server, npc, socks port)."""
-    server = nps_server(public_vkey=VKEY)
-    port = support.free_port()
-    conf = support.render_npc_conf(
-        server.bridge_addr, VKEY,
-        {"socks": {"mode": "socks5", "server_ip": "127.0.0.1", "server_port": port}},
-        **common,
-    )
-    npc = npc_client(conf=conf)
-    support.wait_for_log(npc, "is open on the server")
-    support.wait_for_port("127.0.0.1", port, proc=server.proc)
-    return server, npc, port
+    """nps + npc with one socks5 section on 127.0.0.1; returns (server, npc, proxy port)."""
+    return support.start_config_tunnel(nps_server, npc_client, VKEY, "socks", {"mode": "socks5"}, **common)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
