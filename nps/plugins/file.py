@@ -18,7 +18,7 @@ import os
 from weakref import WeakKeyDictionary
 from typing import Any, Callable, cast
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -34,7 +34,7 @@ from zope.interface import implementer
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
 from nps.protocols.filepath import PathRefused, canonical_path, map_request_path, prefix_segments
-from nps.plugins.tcp import PublicRelayProtocol
+from nps.plugins.tcp import PublicRelayProtocol, listen_public_tcp
 
 Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
 
@@ -227,7 +227,7 @@ class FileMode:
             factory = PublicFileFactory(tunnel, opener)
         except ValueError as e:
             return fail(e)
-        return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
+        return listen_public_tcp(reactor, tunnel, factory)
 
     def serve(self, reactor: Any, link: dict[str, Any]) -> Deferred[IProtocol]:
         local_path = str(link.get("local_path") or "")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import h11
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocol, IPushProducer, \
     IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -35,7 +35,7 @@ from nps.accounts import accounts_for, check
 from nps.config import format_host_port
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
-from nps.plugins.tcp import connect_target
+from nps.plugins.tcp import connect_target, listen_public_tcp
 from nps.protocols.httpproxy import (CONNECT_ESTABLISHED, ProxyError, ProxyRequest, auth_required, classify,
                                      clean_headers, error_response, new_upstream_connection,
                                      new_user_connection, status_for_refusal)
@@ -653,7 +653,7 @@ class HttpProxyMode:
 
     def listen(self, reactor: Any, tunnel: Tunnel, opener: Opener) -> Deferred[IListeningPort]:
         factory = HttpProxyFactory(tunnel, opener, reactor)
-        return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
+        return listen_public_tcp(reactor, tunnel, factory)
 
     def serve(self, reactor: Any, link: dict[str, Any]) -> Deferred[IProtocol]:
         """npc side: dial the target; the server side does all the HTTP work."""

@@ -32,7 +32,7 @@ from nps.accounts import accounts_for, check
 from nps.config import format_host_port
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
-from nps.plugins.tcp import connect_target
+from nps.plugins.tcp import connect_target, listen_public_tcp
 from nps.protocols.socks5 import (
     Command,
     DatagramFramer,
@@ -615,7 +615,7 @@ class Socks5Mode:
 
     def listen(self, reactor: Any, tunnel: Tunnel, opener: Opener) -> Deferred[IListeningPort]:
         factory = Socks5Factory(reactor, tunnel, opener)
-        return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
+        return listen_public_tcp(reactor, tunnel, factory)
 
     def serve(self, reactor: Any, link: dict[str, Any]) -> Deferred[IProtocol]:
         return connect_target(reactor, str(link.get("target", "")))

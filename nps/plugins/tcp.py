@@ -85,10 +85,15 @@ class TcpMode:
 
     def listen(self, reactor: Any, tunnel: Tunnel, opener: Opener) -> Deferred[IListeningPort]:
         factory = PublicTcpFactory(tunnel, opener)
-        return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
+        return listen_public_tcp(reactor, tunnel, factory)
 
     def serve(self, reactor: Any, link: dict[str, Any]) -> Deferred[IProtocol]:
         return connect_target(reactor, str(link.get("target", "")))
+
+
+def listen_public_tcp(reactor: Any, tunnel: Tunnel, factory: Any) -> Deferred[IListeningPort]:
+    """Open a tunnel's public TCP port (C{server_ip}:C{server_port}); a failure to bind fails the Deferred."""
+    return maybeDeferred(reactor.listenTCP, tunnel.server_port, factory, interface=tunnel.server_ip or "")
 
 
 def connect_target(reactor: Any, target: str) -> Deferred[IProtocol]:
