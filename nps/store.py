@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from nps.model import ClientRecord, Tunnel
+from nps.model import HOST_SCHEMES, ClientRecord, Host, Tunnel
 
 __all__ = [
     "DB_FILENAME",
@@ -54,6 +54,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreError",
+    "normalize_host_pattern",
     "normalize_target",
     "schema_version",
 ]
@@ -74,6 +75,7 @@ _TARGET_MODES = frozenset({"tcp", "udp", "secret", "p2p"})
 
 _MODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 _VKEY_ALPHABET = string.ascii_letters + string.digits
 _VKEY_LENGTH = 24
 _WILDCARD_IPS = frozenset({"0.0.0.0", "::"})
@@ -174,6 +176,82 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_v3(db: sqlite3.Connection) -> None:
+    """
+    Add C{hosts} (domain routes), C{traffic} (persisted byte counters per
+    client, tunnel and host), C{admin_users} and C{api_tokens} (the web
+    admin) and C{registered_ips} (C{ip_limit}: source addresses allowed by
+    C{npc register} or an admin login, until C{expires}).
+
+    @param db: A connection inside the migration's transaction.
+    """
+    db.execute(
+        """
+        CREATE TABLE hosts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            client_id INTEGER NOT NULL
+                REFERENCES clients(id) ON DELETE CASCADE,
+            host TEXT NOT NULL,
+            location TEXT NOT NULL DEFAULT '/',
+            scheme TEXT NOT NULL DEFAULT 'all',
+            targets TEXT NOT NULL DEFAULT '[]',
+            host_change TEXT NOT NULL DEFAULT '',
+            headers TEXT NOT NULL DEFAULT '{}',
+            cert_file TEXT NOT NULL DEFAULT '',
+            key_file TEXT NOT NULL DEFAULT '',
+            redirect_https INTEGER NOT NULL DEFAULT 0,
+            remark TEXT NOT NULL DEFAULT '',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            options TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    db.execute("CREATE INDEX hosts_client ON hosts(client_id)")
+    db.execute("CREATE INDEX hosts_host ON hosts(host)")
+    db.execute(
+        """
+        CREATE TABLE traffic (
+            kind TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            bytes_in INTEGER NOT NULL DEFAULT 0,
+            bytes_out INTEGER NOT NULL DEFAULT 0,
+            updated REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, id)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE admin_users (
+            username TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            created REAL NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL DEFAULT '',
+            token_hash TEXT NOT NULL UNIQUE,
+            client_id INTEGER REFERENCES clients(id) ON DELETE CASCADE,
+            created REAL NOT NULL DEFAULT 0,
+            last_used REAL NOT NULL DEFAULT 0
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE registered_ips (
+            ip TEXT PRIMARY KEY,
+            client_id INTEGER,
+            expires REAL NOT NULL
+        )
+        """
+    )
+
+
 #: Ordered schema migrations. C{MIGRATIONS[n - 1]} takes a database from
 #: C{user_version} I{n - 1} to I{n}; it runs inside a write transaction
 #: (so it must not use C{executescript} or change C{foreign_keys}) and must
@@ -181,6 +259,7 @@ def _migrate_v2(db: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
     _migrate_v2,
+    _migrate_v3,
 ]
 
 
@@ -266,6 +345,39 @@ def _transports(mode: str) -> frozenset[str]:
     if mode == "udp":
         return frozenset({"udp"})
     return frozenset({"tcp"})
+
+
+def _check_targets(value: object) -> tuple[str, ...]:
+    """
+    @return: C{value}, a list of target addresses, normalized.
+    @raise StoreError: If it is not a list of C{host:port} strings.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise StoreError("targets must be a list of host:port strings")
+    targets = []
+    for t in value:
+        if not isinstance(t, str):
+            raise StoreError(f"target {t!r} is not a string")
+        try:
+            targets.append(normalize_target(t))
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+    return tuple(targets)
+
+
+def normalize_host_pattern(text: str) -> str:
+    """
+    Check a domain for a host route and return it lower-cased.
+
+    @param text: C{example.com}, or C{*.example.com} for every name under
+        C{example.com} (not C{example.com} itself).
+    @raise ValueError: If it is not such a name.
+    """
+    s = text.strip().lower().rstrip(".")
+    name = s[2:] if s.startswith("*.") else s
+    if not name or not _HOSTNAME_RE.match(name) or "*" in name:
+        raise ValueError(f"bad host {text!r}: expected a domain name or *.domain")
+    return s
 
 
 def _check_vkey(vkey: object) -> str:
@@ -382,6 +494,7 @@ class Snapshot:
     revision: int
     clients: tuple[ClientRecord, ...]
     tunnels: tuple[Tunnel, ...]
+    hosts: tuple[Host, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -403,6 +516,7 @@ class Store:
         f.name: f.default for f in attrs.fields(ClientRecord) if f.name != "id" and f.name not in _CLIENT_RUNTIME
     }
     _tunnel_fields: ClassVar[dict[str, object]] = {f.name: f.default for f in attrs.fields(Tunnel) if f.name != "id"}
+    _host_fields: ClassVar[dict[str, object]] = {f.name: f.default for f in attrs.fields(Host) if f.name != "id"}
 
     def __init__(self, data_dir: str) -> None:
         """
@@ -445,6 +559,7 @@ class Store:
             self._migrate()
             self._clients = self._codec("clients", ClientRecord, frozenset())
             self._tunnels = self._codec("tunnels", Tunnel, frozenset({"targets", "options"}))
+            self._hosts = self._codec("hosts", Host, frozenset({"targets", "headers", "options"}))
         except sqlite3.Error as e:
             db.close()
             self._db = None
@@ -575,10 +690,12 @@ class Store:
             revision = int(db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
             clients = db.execute("SELECT * FROM clients ORDER BY id").fetchall()
             tunnels = db.execute("SELECT * FROM tunnels ORDER BY id").fetchall()
+            hosts = db.execute("SELECT * FROM hosts ORDER BY id").fetchall()
         return Snapshot(
             revision,
             tuple(self._clients.from_row(r) for r in clients),
             tuple(self._tunnels.from_row(r) for r in tunnels),
+            tuple(self._hosts.from_row(r) for r in hosts),
         )
 
     # -- clients --------------------------------------------------------------
@@ -814,17 +931,7 @@ class Store:
             if name not in self._tunnel_fields:
                 raise StoreError(f"unknown tunnel field {name!r}")
             if name == "targets":
-                if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-                    raise StoreError("tunnel targets must be a list of host:port strings")
-                targets = []
-                for t in value:
-                    if not isinstance(t, str):
-                        raise StoreError(f"tunnel target {t!r} is not a string")
-                    try:
-                        targets.append(normalize_target(t))
-                    except ValueError as e:
-                        raise StoreError(str(e)) from None
-                checked[name] = tuple(targets)
+                checked[name] = _check_targets(value)
             elif name == "options":
                 if not isinstance(value, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -986,6 +1093,216 @@ class Store:
             if cur.rowcount == 0:
                 raise StoreError(f"no tunnel with id {tunnel_id}")
             self._bump(db)
+
+
+    # -- hosts ----------------------------------------------------------------
+
+    def _get_host(self, db: sqlite3.Connection, host_id: int) -> Host:
+        """
+        @raise StoreError: If there is no such host.
+        """
+        row = db.execute("SELECT * FROM hosts WHERE id = ?", (host_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no host with id {host_id}")
+        return cast(Host, self._hosts.from_row(row))
+
+    def _check_host_fields(self, fields: dict[str, object]) -> dict[str, Any]:
+        """
+        @return: C{fields} checked and normalized (host lower-cased, location
+            starting with C{/}, targets normalized).
+        @raise StoreError: On an unknown field or a bad value.
+        """
+        checked: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name not in self._host_fields:
+                raise StoreError(f"unknown host field {name!r}")
+            if name == "host":
+                if not isinstance(value, str):
+                    raise StoreError(f"host must be a string, got {value!r}")
+                try:
+                    checked[name] = normalize_host_pattern(value)
+                except ValueError as e:
+                    raise StoreError(str(e)) from None
+            elif name == "location":
+                if not isinstance(value, str) or any(c.isspace() or not c.isprintable() for c in value):
+                    raise StoreError(f"host location must be a URL path without spaces, got {value!r}")
+                checked[name] = value if value.startswith("/") else "/" + value
+            elif name == "scheme":
+                if value not in HOST_SCHEMES:
+                    raise StoreError(f"host scheme must be one of {', '.join(HOST_SCHEMES)}, got {value!r}")
+                checked[name] = value
+            elif name == "targets":
+                checked[name] = _check_targets(value)
+            elif name in ("headers", "options"):
+                if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+                ):
+                    raise StoreError(f"host {name} must map strings to strings")
+                if name == "headers":
+                    for k, v in value.items():
+                        if not _HEADER_NAME_RE.match(k) or "\r" in v or "\n" in v:
+                            raise StoreError(f"bad header {k!r}: {v!r}")
+                checked[name] = dict(value)
+            elif name == "client_id":
+                checked[name] = _check_field("host", name, value, 0)
+            else:
+                checked[name] = _check_field("host", name, value, self._host_fields[name])
+        return checked
+
+    def _validate_host(self, db: sqlite3.Connection, host: Host, old: Host | None) -> None:
+        """
+        Check a host route against its client and the other routes: the same
+        host and location may be used once per scheme.
+
+        @raise StoreError: If it cannot be stored.
+        """
+        if old is None or old.client_id != host.client_id:
+            self._get_client(db, host.client_id)
+        if not host.targets:
+            raise StoreError("a host needs at least one target")
+        if bool(host.cert_file) != bool(host.key_file):
+            raise StoreError("a host's cert_file and key_file go together")
+        exclude = old.id if old is not None else -1
+        for row in db.execute(
+            "SELECT id, scheme FROM hosts WHERE host = ? AND location = ? AND id != ? AND enabled != 0",
+            (host.host, host.location, exclude),
+        ):
+            if host.enabled and (row["scheme"] == "all" or host.scheme == "all" or row["scheme"] == host.scheme):
+                raise StoreError(
+                    f"host {host.host}{host.location} ({host.scheme}) is already routed by host {row['id']}"
+                )
+
+    def add_host(self, client_id: int, host: str, targets: Sequence[str] = (), **fields: object) -> Host:
+        """
+        Add a domain route to a client.
+
+        @param host: The domain, or C{*.domain} for every name under it.
+        @param targets: C{host:port} addresses on the client's side.
+        @param fields: Other L{Host} fields.
+        @return: The new host, with its id.
+        @raise StoreError: If the client does not exist, the route is taken
+            or a value is bad.
+        """
+        checked = self._check_host_fields(dict(fields, client_id=client_id, host=host, targets=targets))
+        with self._write() as db:
+            record = Host(id=0, **checked)
+            self._validate_host(db, record, None)
+            record = self._hosts.insert(db, record)
+            self._bump(db)
+        return record
+
+    def get_host(self, host_id: int) -> Host:
+        """
+        @return: The host with id C{host_id}.
+        @raise StoreError: If there is none.
+        """
+        with self._read() as db:
+            return self._get_host(db, host_id)
+
+    def list_hosts(self, client_id: int | None = None) -> list[Host]:
+        """
+        @param client_id: Only this client's hosts, if not L{None}.
+        @return: Hosts, by id.
+        """
+        with self._read() as db:
+            if client_id is None:
+                rows = db.execute("SELECT * FROM hosts ORDER BY id").fetchall()
+            else:
+                rows = db.execute("SELECT * FROM hosts WHERE client_id = ? ORDER BY id", (client_id,)).fetchall()
+        return [self._hosts.from_row(r) for r in rows]
+
+    def update_host(self, host_id: int, **fields: object) -> Host:
+        """
+        Change fields of a host; the result is checked like a new host.
+
+        @return: The updated host.
+        @raise StoreError: As L{add_host}, or if there is no such host.
+        """
+        checked = self._check_host_fields(fields)
+        with self._write() as db:
+            current = self._get_host(db, host_id)
+            record = attrs.evolve(current, **checked)
+            self._validate_host(db, record, current)
+            if record != current:
+                row = self._hosts.to_row(record)
+                db.execute(
+                    f"UPDATE hosts SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
+                    (*row.values(), host_id),
+                )
+                self._bump(db)
+        return record
+
+    def delete_host(self, host_id: int) -> None:
+        """
+        Delete a host.
+
+        @raise StoreError: If there is no such host.
+        """
+        with self._write() as db:
+            cur = db.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
+            if cur.rowcount == 0:
+                raise StoreError(f"no host with id {host_id}")
+            db.execute("DELETE FROM traffic WHERE kind = 'host' AND id = ?", (host_id,))
+            self._bump(db)
+
+    # -- traffic counters ---------------------------------------------------
+
+    def add_traffic(self, deltas: Sequence[tuple[str, int, int, int]], when: float | None = None) -> None:
+        """
+        Add byte counts to the persisted counters, in one transaction. Runtime
+        state: does not bump L{revision}.
+
+        @param deltas: C{(kind, id, bytes_in, bytes_out)} with kind one of
+            C{client}, C{tunnel}, C{host}; ids of records that no longer exist
+            are ignored when read.
+        """
+        if when is None:
+            when = time.time()
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO traffic (kind, id, bytes_in, bytes_out, updated) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, id) DO UPDATE SET bytes_in = bytes_in + excluded.bytes_in,"
+                " bytes_out = bytes_out + excluded.bytes_out, updated = excluded.updated",
+                [(kind, rid, b_in, b_out, when) for kind, rid, b_in, b_out in deltas],
+            )
+
+    def traffic(self, kind: str) -> dict[int, tuple[int, int]]:
+        """
+        @param kind: C{client}, C{tunnel} or C{host}.
+        @return: C{{id: (bytes_in, bytes_out)}} as persisted.
+        """
+        with self._read() as db:
+            rows = db.execute("SELECT id, bytes_in, bytes_out FROM traffic WHERE kind = ?", (kind,)).fetchall()
+        return {int(r["id"]): (int(r["bytes_in"]), int(r["bytes_out"])) for r in rows}
+
+    def reset_traffic(self, kind: str, record_id: int) -> None:
+        """
+        Zero one persisted counter (an admin resetting a client's flow).
+        """
+        with self._write() as db:
+            db.execute("DELETE FROM traffic WHERE kind = ? AND id = ?", (kind, record_id))
+
+    # -- registered source addresses (ip_limit) -------------------------------
+
+    def register_ip(self, ip: str, expires: float, client_id: int | None = None) -> None:
+        """
+        Allow C{ip} to use tunnels until C{expires} (C{npc register}).
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO registered_ips (ip, client_id, expires) VALUES (?, ?, ?)",
+                (_normalize_ip(ip), client_id, expires),
+            )
+
+    def registered_ips(self, now: float | None = None) -> dict[str, float]:
+        """
+        @return: C{{ip: expires}} of registrations not expired at C{now}.
+        """
+        if now is None:
+            now = time.time()
+        with self._read() as db:
+            rows = db.execute("SELECT ip, expires FROM registered_ips WHERE expires > ?", (now,)).fetchall()
+        return {str(r["ip"]): float(r["expires"]) for r in rows}
 
 
 # --------------------------------------------------------------------------

@@ -98,11 +98,11 @@ def test_older_database_is_migrated(data_dir: str, monkeypatch: pytest.MonkeyPat
 
     def v2(db: sqlite3.Connection) -> None:
         ran.append(2)
-        db.execute("CREATE TABLE hosts (id INTEGER PRIMARY KEY, host TEXT NOT NULL)")
+        db.execute("CREATE TABLE extra_table (id INTEGER PRIMARY KEY, host TEXT NOT NULL)")
 
     def v3(db: sqlite3.Connection) -> None:
         ran.append(3)
-        db.execute("ALTER TABLE hosts ADD COLUMN location TEXT NOT NULL DEFAULT '/'")
+        db.execute("ALTER TABLE extra_table ADD COLUMN location TEXT NOT NULL DEFAULT '/'")
 
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, v2, v3])
     s = Store(data_dir)
@@ -110,7 +110,7 @@ def test_older_database_is_migrated(data_dir: str, monkeypatch: pytest.MonkeyPat
         assert ran == [2, 3]
         assert s.schema_version() == len(MIGRATIONS) + 2
         assert s.get_client(client.id) == client
-        s._conn().execute("INSERT INTO hosts (host) VALUES ('a.example')")
+        s._conn().execute("INSERT INTO extra_table (host) VALUES ('a.example')")
     finally:
         s.close()
     s = Store(data_dir)
