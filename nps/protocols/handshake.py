@@ -14,6 +14,16 @@ key never crosses the wire and a recorded proof is useless against a fresh
 server nonce.  The server answers with its own proof, so the client knows it
 talks to a server that holds the same key.  Proofs are compared in constant
 time.
+
+Key exchange (for encrypted streams, C{crypt}): a client may add C{"kx"},
+the hex of an ephemeral X25519 public key, to its message; it then proves
+with the v2 label over the nonces I{and} that key.  The server answers with
+its own ephemeral key in C{"kx"} and a v2 proof over the nonces, both keys
+and a hash of the rest of its reply, so neither key nor the reply's flags
+can be swapped by someone without the vkey.  Both sides derive the session
+secret with HKDF-SHA256 from the X25519 result and an HMAC of the vkey:
+an eavesdropper, even one who learns the vkey later, cannot derive it.
+A client without C{"kx"} (older npc) is served as before, with no secret.
 """
 from __future__ import annotations
 
@@ -25,6 +35,9 @@ import struct
 from typing import Any, Callable
 
 import attrs
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"\x89NPSPY\r\n"
 NONCE_SIZE = 32
@@ -33,6 +46,10 @@ LENGTH = struct.Struct("!H")
 MAX_MESSAGE = 16 * 1024
 _CLIENT_LABEL = b"nps-bridge-client-proof-v1"
 _SERVER_LABEL = b"nps-bridge-server-proof-v1"
+_CLIENT_LABEL_KX = b"nps-bridge-client-proof-v2"
+_SERVER_LABEL_KX = b"nps-bridge-server-proof-v2"
+_SECRET_LABEL = b"nps-bridge-session-secret-v1"
+KX_SIZE = 32
 
 
 class HandshakeError(Exception):
@@ -51,10 +68,14 @@ class UnknownKey(HandshakeError):
 
 @attrs.frozen
 class Authenticated:
-    """Handshake done.  C{message} is the peer's JSON message; C{rest} the bytes after it."""
+    """Handshake done.  C{message} is the peer's JSON message; C{rest} the bytes after it.
+
+    C{secret} is the session's stream secret when a key exchange was made.
+    """
 
     message: dict[str, Any]
     rest: bytes
+    secret: bytes | None = None
 
 
 def key_id(vkey: str) -> str:
@@ -64,6 +85,36 @@ def key_id(vkey: str) -> str:
 
 def _proof(label: bytes, vkey: str, client_nonce: bytes, server_nonce: bytes) -> str:
     return hmac.new(vkey.encode("utf-8"), label + client_nonce + server_nonce, hashlib.sha256).hexdigest()
+
+
+def _reply_digest(reply: dict[str, Any]) -> bytes:
+    """A hash of a server reply without its proof (what the v2 server proof covers)."""
+    body = {k: v for k, v in reply.items() if k != "proof"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).digest()
+
+
+def _parse_kx(value: Any, who: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * KX_SIZE:
+        raise HandshakeError(f"{who} key exchange value is not {KX_SIZE} bytes of hex")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise HandshakeError(f"{who} key exchange value is not hex") from None
+
+
+def _session_secret(private: X25519PrivateKey, peer_public: bytes, vkey: str, client_nonce: bytes,
+                    server_nonce: bytes, client_kx: bytes, server_kx: bytes) -> bytes:
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError as e:  # a low-order point: all-zero result
+        raise HandshakeError(f"bad key exchange value: {e}") from None
+    bound = hmac.new(vkey.encode("utf-8"), _SECRET_LABEL + client_nonce + server_nonce, hashlib.sha256).digest()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=client_nonce + server_nonce,
+                info=_SECRET_LABEL + client_kx + server_kx).derive(shared + bound)
+
+
+def _public_bytes(private: X25519PrivateKey) -> bytes:
+    return private.public_key().public_bytes_raw()
 
 
 def _pack_message(message: dict[str, Any]) -> bytes:
@@ -115,7 +166,10 @@ def _parse_hello(raw: bytes, version: int, who: str) -> bytes:
 class ClientHandshake:
     """The npc side.  Send L{hello}, then C{feed} what the server sends."""
 
-    def __init__(self, vkey: str, version: int, info: dict[str, Any], nonce: bytes | None = None) -> None:
+    def __init__(self, vkey: str, version: int, info: dict[str, Any], nonce: bytes | None = None,
+                 *, key_exchange: bool = False) -> None:
+        """@param key_exchange: also agree on a session secret (needed for encrypted streams)."""
+        self._kx = X25519PrivateKey.generate() if key_exchange else None
         self._vkey = vkey
         self._version = version
         self._info = info
@@ -137,17 +191,35 @@ class ClientHandshake:
             self._server_nonce = _parse_hello(raw, self._version, "server")
             message = dict(self._info)
             message["kid"] = key_id(self._vkey)
-            message["proof"] = _proof(_CLIENT_LABEL, self._vkey, self._nonce, self._server_nonce)
+            if self._kx is None:
+                message["proof"] = _proof(_CLIENT_LABEL, self._vkey, self._nonce, self._server_nonce)
+            else:
+                own = _public_bytes(self._kx)
+                message["kx"] = own.hex()
+                message["proof"] = _proof(_CLIENT_LABEL_KX, self._vkey, self._nonce, self._server_nonce + own)
             out = _pack_message(message)
         reply = self._reader.take_message("server reply")
         if reply is None:
             return out, None
         if reply.get("ok") is not True:
             raise HandshakeError(f"server refused us: {reply.get('error', 'no reason given')}")
-        expected = _proof(_SERVER_LABEL, self._vkey, self._nonce, self._server_nonce)
+        if self._kx is None:
+            expected = _proof(_SERVER_LABEL, self._vkey, self._nonce, self._server_nonce)
+            server_kx = b""
+        else:
+            if "kx" not in reply:
+                raise HandshakeError("server did not answer the key exchange (is it an older nps?)")
+            server_kx = _parse_kx(reply["kx"], "server")
+            own = _public_bytes(self._kx)
+            expected = _proof(_SERVER_LABEL_KX, self._vkey, self._nonce,
+                              self._server_nonce + own + server_kx + _reply_digest(reply))
         if not hmac.compare_digest(str(reply.get("proof", "")).encode("utf-8"), expected.encode("ascii")):
             raise HandshakeError("server failed to prove it knows the vkey (wrong server?)")
-        return out, Authenticated(reply, self._reader.buf)
+        secret = None
+        if self._kx is not None:
+            secret = _session_secret(self._kx, server_kx, self._vkey, self._nonce, self._server_nonce,
+                                     _public_bytes(self._kx), server_kx)
+        return out, Authenticated(reply, self._reader.buf, secret)
 
 
 #: Looks a key id up: returns the vkey, or None when unknown.
@@ -165,6 +237,8 @@ class ServerHandshake:
         self._vkey: str | None = None
         self._message: dict[str, Any] | None = None
         self._reader = _Reader()
+        self._client_kx: bytes | None = None
+        self._kx: X25519PrivateKey | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, Authenticated | None]:
         """Returns (bytes to send, result once the client proved its key).
@@ -197,6 +271,8 @@ class ServerHandshake:
         proof = message.get("proof")
         if not isinstance(kid, str) or not isinstance(proof, str):
             raise HandshakeError("client auth message lacks kid/proof")
+        if "kx" in message:
+            self._client_kx = _parse_kx(message["kx"], "client")
         self._message = message
         return out, self.retry()
 
@@ -209,11 +285,20 @@ class ServerHandshake:
         assert message is not None and self._client_nonce is not None
         vkey = self._lookup(str(message["kid"]))
         # Compute a proof even for an unknown key so timing does not tell.
-        expected = _proof(_CLIENT_LABEL, vkey or "\x00unknown", self._client_nonce, self._nonce)
+        if self._client_kx is None:
+            expected = _proof(_CLIENT_LABEL, vkey or "\x00unknown", self._client_nonce, self._nonce)
+        else:
+            expected = _proof(_CLIENT_LABEL_KX, vkey or "\x00unknown", self._client_nonce,
+                              self._nonce + self._client_kx)
         if not hmac.compare_digest(str(message["proof"]).encode("utf-8"), expected.encode("ascii")) or vkey is None:
             raise UnknownKey("wrong vkey") if vkey is None else HandshakeError("wrong vkey")
         self._vkey = vkey
-        return Authenticated(message, self._reader.buf)
+        secret = None
+        if self._client_kx is not None:
+            self._kx = X25519PrivateKey.generate()
+            secret = _session_secret(self._kx, self._client_kx, vkey, self._client_nonce, self._nonce,
+                                     self._client_kx, _public_bytes(self._kx))
+        return Authenticated(message, self._reader.buf, secret)
 
     @property
     def hello_sent(self) -> bool:
@@ -224,7 +309,13 @@ class ServerHandshake:
         assert self._vkey is not None and self._client_nonce is not None
         reply = dict(extra)
         reply["ok"] = True
-        reply["proof"] = _proof(_SERVER_LABEL, self._vkey, self._client_nonce, self._nonce)
+        if self._kx is None or self._client_kx is None:
+            reply["proof"] = _proof(_SERVER_LABEL, self._vkey, self._client_nonce, self._nonce)
+        else:
+            own = _public_bytes(self._kx)
+            reply["kx"] = own.hex()
+            reply["proof"] = _proof(_SERVER_LABEL_KX, self._vkey, self._client_nonce,
+                                    self._nonce + self._client_kx + own + _reply_digest(reply))
         return _pack_message(reply)
 
     def reject(self, reason: str) -> bytes:
