@@ -444,6 +444,10 @@ class Mux:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    def streams(self) -> list[MuxStream]:
+        """The open streams (e.g. to close a deleted tunnel's connections)."""
+        return list(self._streams.values())
+
     def open_stream(self, link: dict[str, Any], timeout: float = OPEN_TIMEOUT) -> Deferred[MuxStream]:
         """Open a stream carrying C{link}; fires once the peer accepts it."""
         try:

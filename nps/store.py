@@ -1304,6 +1304,75 @@ class Store:
             rows = db.execute("SELECT ip, expires FROM registered_ips WHERE expires > ?", (now,)).fetchall()
         return {str(r["ip"]): float(r["expires"]) for r in rows}
 
+    # -- web admin users and API tokens (nps.admin) ---------------------------
+
+    def admin_password_hash(self, username: str) -> str:
+        """
+        @return: The stored password hash of an admin user, or C{""} if none.
+        """
+        with self._read() as db:
+            row = db.execute("SELECT password_hash FROM admin_users WHERE username = ?", (username,)).fetchone()
+        return str(row["password_hash"]) if row is not None else ""
+
+    def set_admin_password(self, username: str, password_hash: str) -> None:
+        """
+        Create an admin user or replace its password hash (not configuration:
+        does not bump L{revision}).
+        """
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO admin_users (username, password_hash, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash",
+                (username, password_hash, time.time()),
+            )
+
+    def add_api_token(self, name: str, token_hash: str, client_id: int | None = None) -> int:
+        """
+        Store the hash of a new API bearer token.
+
+        @param client_id: Scope the token to this client, or L{None} for an
+            admin token.
+        @return: The token's id.
+        """
+        with self._write() as db:
+            if client_id is not None:
+                self._get_client(db, client_id)
+            cur = db.execute(
+                "INSERT INTO api_tokens (name, token_hash, client_id, created) VALUES (?, ?, ?, ?)",
+                (name, token_hash, client_id, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def find_api_token(self, token_hash: str) -> dict[str, Any] | None:
+        """
+        Look a token up by its hash and note its use.
+
+        @return: C{{id, name, client_id}}, or L{None}.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT id, name, client_id FROM api_tokens WHERE token_hash = ?",
+                             (token_hash,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row["id"]))
+        return dict(row)
+
+    def list_api_tokens(self) -> list[dict[str, Any]]:
+        """
+        @return: Tokens (without their hashes), by id.
+        """
+        with self._read() as db:
+            rows = db.execute("SELECT id, name, client_id, created, last_used FROM api_tokens ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def delete_api_token(self, token_id: int) -> None:
+        """
+        @raise StoreError: If there is no such token.
+        """
+        with self._write() as db:
+            if db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount == 0:
+                raise StoreError(f"no API token with id {token_id}")
+
 
 # --------------------------------------------------------------------------
 # Off the reactor thread

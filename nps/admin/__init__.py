@@ -1,0 +1,1 @@
+"""The web admin: SQLite-backed JSON API (Klein), browser UI and live updates (autobahn)."""
