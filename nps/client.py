@@ -19,6 +19,7 @@ from nps.debug import attach_client_debug
 from nps.metrics import ClientStats
 from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
+from nps.streamcodec import CodecError, CodecProtocol, codec_for
 from nps.visitor import Visitor, listen_visitor
 
 PING_INTERVAL = 5.0
@@ -50,6 +51,8 @@ class NpcService(MultiService):
         debug_addr: str = "",
         reload_tunnels: Callable[[], Sequence[Tunnel]] | None = None,
         visitors: Sequence[Visitor] = (),
+        crypt: bool = False,
+        compress: bool = False,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -58,6 +61,9 @@ class NpcService(MultiService):
         self.modes = modes
         self.tunnels = list(tunnels)
         self.remark = remark
+        #: npc.conf [common] crypt/compress: ask the server to encrypt/compress every stream.
+        self.crypt = crypt
+        self.compress = compress
         self.auto_reconnect = auto_reconnect
         self.idle_timeout = max(disconnect_timeout, 1) * PING_INTERVAL
         self._on_fatal = on_fatal
@@ -256,9 +262,23 @@ class NpcService(MultiService):
             self.log.warn("refusing a stream the server asked for: {reason}", reason=refusal)
             mux.refuse_stream(stream, refusal)
             return
+        bridge = self.current if self.current is not None and self.current.mux is mux else None
+        refusal = _crypt_refusal(link, bridge)
+        if refusal:
+            self.log.warn("refusing a stream the server asked for: {reason}", reason=refusal)
+            mux.refuse_stream(stream, refusal)
+            return
+        try:
+            codec = codec_for(link, bridge.secret if bridge is not None else None, opener=False)
+        except CodecError as e:
+            self.log.warn("refusing a stream the server asked for: {reason}", reason=str(e))
+            mux.refuse_stream(stream, str(e))
+            return
         d = mode.serve(self.reactor, link)
 
         def accepted(protocol: Any) -> None:
+            if codec is not None:
+                protocol = CodecProtocol(protocol, codec, f"stream {stream.stream_id}")
             mux.accept_stream(stream, protocol)
 
         def refused(failure: Failure) -> None:
@@ -268,3 +288,19 @@ class NpcService(MultiService):
             mux.refuse_stream(stream, reason)
 
         d.addCallbacks(accepted, refused)
+
+
+def _crypt_refusal(link: dict[str, Any], bridge: BridgeClientProtocol | None) -> str:
+    """Why a stream must be refused for its crypt/compress settings (empty: serve it).
+
+    When the session is encrypted (the server's authenticated welcome says
+    C{crypt}), a stream without crypt is refused: its bytes would cross
+    the bridge in the clear.
+    """
+    if bridge is None:
+        return "stream of an old bridge session"
+    if bridge.welcome.get("crypt") is True and link.get("crypt") is not True:
+        return "this session's streams must be encrypted (crypt) but the stream is not"
+    if link.get("crypt") is True and bridge.secret is None:
+        return "the stream asks for crypt but this bridge session has no key exchange"
+    return ""

@@ -29,6 +29,7 @@ from nps.relay import Relay, RelayFactory
 from nps.protocols.frames import GoAwayCode
 from nps.protocols.handshake import key_id
 from nps.stats import TrafficCounter
+from nps.streamcodec import CodecError, session_link, wrap_protocol
 from nps.store import AsyncStore, Snapshot, Store
 
 PING_INTERVAL = 5.0
@@ -57,6 +58,9 @@ class ClientSession:
     public: bool
     config_tunnels: list[int] = attrs.field(factory=list)
     started: float = attrs.field(factory=time.time)
+    #: This session's streams are encrypted / compressed (nps.streamcodec).
+    crypt: bool = False
+    compress: bool = False
 
     @property
     def mux(self) -> Any:
@@ -90,6 +94,7 @@ class StreamEndpoint:
             self._server.log.info("client {client}: refusing {remote}: {limit}", client=self._client_id,
                                   remote=self._link.get("remote"), limit=limit)
             return fail(LimitReached(limit))
+        self._link = session_link(session, self._server.tunnels.get(int(self._link.get("tunnel", 0))), self._link)
         try:
             stream = session.mux.start_stream(self._link)
         except StreamRefused as e:
@@ -113,10 +118,17 @@ class StreamEndpoint:
         if protocol is None:
             stream.reset("refused locally")
             return fail(ConnectionRefusedError("factory refused the stream"))
+        user = protocol
+        try:
+            protocol = wrap_protocol(protocol, self._link, session.protocol.stream_secret, opener=True,
+                                     name=f"client {self._client_id} stream {stream.stream_id}")
+        except CodecError as e:
+            stream.reset(str(e))
+            return fail(e)
         assert stream.opened is not None
         stream.opened.addErrback(self._refused)
         stream.attach(protocol)
-        return succeed(protocol)
+        return succeed(user)
 
     def _refused(self, failure: Any) -> None:
         link = self._link
@@ -306,8 +318,14 @@ class NpsServer(MultiService):
                               id=client_id, new=protocol.peer, old=old.remote)
                 self._drop_session(old, GoAwayCode.REPLACED,
                                    f"replaced by a newer connection with the same vkey from {protocol.peer}")
+        record = self._clients.get(session.client_id)
+        session.crypt = message.get("crypt") is True or (record is not None and record.crypt)
+        session.compress = message.get("compress") is True or (record is not None and record.compress)
+        if (session.crypt or session.compress) and protocol.stream_secret is None:
+            raise SessionRejected("this client's streams are encrypted or compressed (crypt/compress) but this "
+                                  "npc made no key exchange; upgrade npc")
         return session, {"client_id": session.client_id, "server_version": __version__,
-                         "ping_interval": self.ping_interval}
+                         "ping_interval": self.ping_interval, "crypt": session.crypt, "compress": session.compress}
 
     def session_started(self, session: ClientSession) -> None:
         self.sessions[session.client_id] = session

@@ -259,3 +259,25 @@ def wrap_protocol(protocol: IProtocol, link: dict[str, Any], secret: bytes | Non
     if codec is None:
         return protocol
     return CodecProtocol(protocol, codec, name)
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def session_link(session: Any, running: Any, link: dict[str, Any]) -> dict[str, Any]:
+    """The link header for a new stream of C{session}, marked for crypt/compress when asked.
+
+    The session's settings (the client record's C{crypt}/C{compress}, or the
+    npc's own npc.conf asking for them) apply to every stream; a tunnel's
+    C{crypt}/C{compress} options add to them.  Returns C{link} itself when
+    neither applies, else a marked copy.
+
+    @param running: the stream's L{nps.server.RunningTunnel}, or None.
+    """
+    options = running.tunnel.options if running is not None else {}
+    crypt = bool(getattr(session, "crypt", False)) or _truthy(options.get("crypt", ""))
+    compress = bool(getattr(session, "compress", False)) or _truthy(options.get("compress", ""))
+    if not (crypt or compress):
+        return link
+    return mark_link(dict(link), crypt=crypt, compress=compress)

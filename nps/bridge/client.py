@@ -31,6 +31,8 @@ class BridgeClientProtocol(Protocol):
     factory: "BridgeClientFactory"
     transport: Any
     mux: Mux | None = None
+    #: The session's stream secret (crypt), from the handshake's key exchange.
+    secret: bytes | None = None
 
     def __init__(self) -> None:
         #: Fires with this protocol once authenticated (ClientService's prepareConnection).
@@ -41,8 +43,12 @@ class BridgeClientProtocol(Protocol):
     def connectionMade(self) -> None:
         tune_socket(self.transport, keepalive=True)
         service = self.factory.service
-        info = {"version": __version__, "remark": service.remark, "role": "client"}
-        self._handshake = ClientHandshake(service.vkey, PROTOCOL_VERSION, info)
+        info: dict[str, Any] = {"version": __version__, "remark": service.remark, "role": "client"}
+        if service.crypt:
+            info["crypt"] = True
+        if service.compress:
+            info["compress"] = True
+        self._handshake = ClientHandshake(service.vkey, PROTOCOL_VERSION, info, key_exchange=True)
         self.transport.write(self._handshake.hello())
         self._timer = self.factory.reactor.callLater(HANDSHAKE_TIMEOUT, self._timeout)
 
@@ -75,6 +81,7 @@ class BridgeClientProtocol(Protocol):
         self._handshake = None
         self._cancel_timer()
         self.welcome = result.message
+        self.secret = result.secret
         service = self.factory.service
         self.mux = Mux(
             self.transport,

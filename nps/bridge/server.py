@@ -38,6 +38,8 @@ class BridgeServerProtocol(Protocol):
     session: "ClientSession | None" = None
     _handshake: ServerHandshake | None = None
     _timer: IDelayedCall | None = None
+    #: The session's stream secret (crypt), when the npc made a key exchange.
+    stream_secret: bytes | None = None
 
     @property
     def peer(self) -> str:
@@ -118,6 +120,7 @@ class BridgeServerProtocol(Protocol):
     def _authenticated(self, handshake: ServerHandshake, result: Authenticated) -> None:
         self._end_handshake()
         server = self.factory.server
+        self.stream_secret = result.secret
         try:
             session, extra = server.attach(self, result.message)
         except SessionRejected as e:

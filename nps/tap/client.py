@@ -187,4 +187,5 @@ def makeService(options: Options, reactor: Any = None,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
+                      crypt=common.crypt, compress=common.compress,
                       visitors=settings.visitors)
