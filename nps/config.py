@@ -570,6 +570,8 @@ class ServerConfig:
     public_vkey: str = ""
     disconnect_timeout: int = 60
     # our additions
+    #: Accept NPS 0.26 npc clients (md5 vkey, plaintext handshake) on the bridge port.
+    legacy_bridge: bool = False
     data_dir: str = attrs.field(default=attrs.Factory(_default_data_dir, takes_self=True))
     public_addr: str = ""
     # logs
@@ -643,6 +645,7 @@ _SERVER_KEYS: dict[str, _Key] = {
     "bridge_type": _Key(_choice_converter("tcp", "kcp"), True),
     "public_vkey": _Key(_to_str, True),
     "disconnect_timeout": _Key(_int_converter(1), True),
+    "legacy_bridge": _Key(_to_bool, True),
     "data_dir": _Key(_to_str, True),
     "public_addr": _Key(_to_public_addr, True),
     "log_level": _Key(_int_converter(0, 7), True),

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from nps.server import ClientSession, NpsServer
 
 HANDSHAKE_TIMEOUT = 10.0
+#: First byte of an NPS 0.26 client ("TST"); ours starts with 0x89.
+LEGACY_FIRST_BYTE = b"T"
 #: Connections still in their handshake; more are refused at once.
 MAX_PENDING_HANDSHAKES = 256
 
@@ -40,6 +42,9 @@ class BridgeServerProtocol(Protocol):
     _timer: IDelayedCall | None = None
     #: The session's stream secret (crypt), when the npc made a key exchange.
     stream_secret: bytes | None = None
+    #: An NPS 0.26 client (first byte C{T} of C{"TST"}): nps.legacy.server takes the bytes.
+    _legacy: Any = None
+    _first_seen = False
 
     @property
     def peer(self) -> str:
@@ -78,9 +83,17 @@ class BridgeServerProtocol(Protocol):
         if self.mux is not None:
             self.mux.data_received(data)
             return
+        if self._legacy is not None:
+            self._legacy.dataReceived(data)
+            return
         handshake = self._handshake
         if handshake is None:
             return
+        if not self._first_seen:
+            self._first_seen = True
+            if data[:1] == LEGACY_FIRST_BYTE:
+                self._start_legacy(data)
+                return
         try:
             out, result = handshake.feed(data)
         except UnknownKey:
@@ -146,7 +159,22 @@ class BridgeServerProtocol(Protocol):
         if result.rest:
             self.mux.data_received(result.rest)
 
+    def _start_legacy(self, data: bytes) -> None:
+        from nps.legacy.server import legacy_handler  # only loaded when an old npc shows up
+        self._legacy = legacy_handler(self)
+        if self._legacy is None:
+            self._end_handshake()
+            self.transport.loseConnection()
+            return
+        self._legacy.dataReceived(data)
+
+    def legacy_handshake_done(self) -> None:
+        """The NPS 0.26 handshake ended (either way): release its slot and timer."""
+        self._end_handshake()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._legacy is not None:
+            self._legacy.connectionLost()
         if self._handshake is not None:
             self.log.warn("bridge: {peer} closed the connection during the handshake ({reason})",
                           peer=self.peer, reason=reason.getErrorMessage())
