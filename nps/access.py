@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Mapping, Union
 
-__all__ = ["DENY_OPTION", "Network", "SourcePolicy", "format_deny_list", "host_of", "normalize_ip",
+__all__ = ["DENY_OPTION", "Network", "SourcePolicy", "SourceRefused", "format_deny_list", "host_of", "normalize_ip",
            "parse_deny_list"]
 
 #: The key of a tunnel's deny list in C{Tunnel.options} and in npc.conf.
@@ -26,6 +26,10 @@ DENY_OPTION = "deny_ips"
 MAX_DENY_ENTRIES = 4096
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class SourceRefused(Exception):
+    """A deny list or C{ip_limit} refuses the visitor's source address; C{str()} says which."""
 
 
 def normalize_ip(text: str) -> str:

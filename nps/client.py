@@ -53,6 +53,7 @@ class NpcService(MultiService):
         visitors: Sequence[Visitor] = (),
         crypt: bool = False,
         compress: bool = False,
+        limits: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -69,6 +70,8 @@ class NpcService(MultiService):
         self._on_fatal = on_fatal
         self._reload_tunnels = reload_tunnels
         self.visitors = list(visitors)
+        #: npc.conf [common] rate_limit/flow_limit/max_conn: limits this npc asks the server to apply to it.
+        self.limits = dict(limits or {})
         self._visitor_ports: list[Any] = []
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
@@ -155,8 +158,14 @@ class NpcService(MultiService):
         self.log.info("connected to server {server} as client {id} (server {version})",
                       server=self.server, id=welcome.get("client_id"), version=welcome.get("server_version"))
         if self.tunnels and protocol.mux is not None:
-            protocol.mux.send_control({"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]})
+            protocol.mux.send_control(self._register_message())
         return protocol
+
+    def _register_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]}
+        if self.limits:
+            message["limits"] = self.limits
+        return message
 
     def _refused(self, failure: Failure) -> None:
         error = failure.value
@@ -213,7 +222,7 @@ class NpcService(MultiService):
         self.tunnels = list(tunnels)
         self.log.info("reload: npc.conf has {n} tunnels", n=len(self.tunnels))
         if self.current is not None and self.current.mux is not None:
-            self.current.mux.send_control({"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]})
+            self.current.mux.send_control(self._register_message())
 
     # -- what the server sends ---------------------------------------------------
 

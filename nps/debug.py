@@ -280,7 +280,11 @@ def server_snapshot(server: "NpsServer") -> dict[str, Any]:
              "version": session.version, "public": session.public,
              "connected_seconds": round(now - session.started, 3),
              "config_tunnels": list(session.config_tunnels),
-             "traffic": _counter(counter)},
+             "traffic": _counter(counter),
+             # rate_limit/flow_limit/max_conn in force, and why new connections are refused now.
+             "limits": server.client_limits(client_id),
+             "limit_reached": server.limit_reached(client_id),
+             "rate_limited_streams": server.limiters[client_id].waiting if client_id in server.limiters else 0},
             **mux_info(session.mux)))
     tunnels = []
     for tunnel_id, running in sorted(server.tunnels.items()):

@@ -4,6 +4,7 @@ Tests for L{nps.config}: reading nps.conf and npc.conf.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import pickle
 from pathlib import Path
@@ -93,10 +94,13 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
     "disconnect_timeout": ("12", 12),
     "data_dir": ("/srv/nps", "/srv/nps"),
     "public_addr": ("tunnel.example.com:8024", "tunnel.example.com:8024"),
+    "deny_ips": ("10.0.0.0/8, 192.0.2.7", (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"))),
 }
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
 SERVER_BUILT = {
+    "ip_limit",
+    "deny_ips",
     "pprof_ip",
     "pprof_port",
     "appname",
@@ -607,9 +611,6 @@ disconnect_timeout=30
     assert set(c.unsupported) == {
         "web_username",
         "web_password",
-        "rate_limit",
-        "flow_limit",
-        "max_conn",
         "proxy_url",
     }
     assert not any("'crypt'" in w or "'compress'" in w for w in c.warnings)  # built (nps.streamcodec)
@@ -1163,6 +1164,7 @@ def test_tunnel_all_keys() -> None:
         "local_path",
         "strip_pre",
         "multi_account",
+        "deny_ips",
     }
 
 

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from nps.access import DENY_OPTION, format_deny_list, parse_deny_list
 from nps.model import ClientRecord, Tunnel
 from nps.store import KNOWN_MODES, PORTLESS_MODES, Store, StoreError, normalize_target
 
@@ -364,6 +365,12 @@ def _tunnel_add(args: argparse.Namespace, ctx: _Context) -> int:
             targets.append(normalize_target(text))
         except ValueError as e:
             raise _UsageError(str(e)) from None
+    options: dict[str, str] = {}
+    if args.deny_ips:
+        try:
+            options[DENY_OPTION] = format_deny_list(parse_deny_list(args.deny_ips))
+        except ValueError as e:
+            raise _UsageError(f"--deny-ips: {e}") from None
     tunnel = ctx.store.add_tunnel(
         args.client,
         args.mode,
@@ -375,6 +382,7 @@ def _tunnel_add(args: argparse.Namespace, ctx: _Context) -> int:
         local_path=args.local_path,
         strip_pre=args.strip_pre,
         enabled=not args.disabled,
+        options=options,
     )
     if args.json:
         ctx.print_json(tunnel.to_wire())
@@ -517,6 +525,8 @@ def add_arguments(subparsers: "argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--local-path", default="", metavar="PATH", help="directory to serve (file mode)")
     p.add_argument("--strip-pre", default="", metavar="PREFIX", help="URL prefix to strip (file mode)")
     p.add_argument("--disabled", action="store_true", help="add the tunnel without opening it")
+    p.add_argument("--deny-ips", default="", metavar="LIST",
+                   help="source addresses/CIDR networks refused on this tunnel, comma-separated")
 
     p = _leaf(tsub, "list", _tunnel_list, "list tunnels", aliases=["ls"])
     p.add_argument("--client", type=int, default=None, metavar="ID", help="only this client's tunnels")

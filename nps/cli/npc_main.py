@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.python import usage
 
@@ -16,7 +16,7 @@ GO_FLAGS = (
     "local_type", "local_port", "local_ip", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
     "remark",
 )
-NOT_YET = {"register": "npc register", "update": "self-update", "nat": "NAT type detection"}
+NOT_YET = {"update": "self-update", "nat": "NAT type detection"}
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
 SERVICE_VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "reload")
 #: NPS flags we accept and ignore (documented as such).
@@ -97,6 +97,57 @@ def service_command(verb: str, rest: Sequence[str]) -> int:
     return service.control("npc", verb)
 
 
+def register_command(args: Sequence[str]) -> int:
+    """C{npc register -server=H:P -vkey=K [-time=HOURS]}: register this address for the server's ip_limit."""
+    from twisted.internet import task
+
+    from nps.config import parse_host_port
+    from nps.iplimit import register
+
+    values = {"server": "", "vkey": "", "time": "2"}
+    words = iter(args)
+    for arg in words:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in values:
+            print(f"npc: unknown argument {arg!r} for npc register (takes -server, -vkey, -time)", file=sys.stderr)
+            return 2
+        values[name] = value if equals else next(words, "")
+    if not values["server"] or not values["vkey"]:
+        print("npc: npc register needs -server=HOST:PORT and -vkey=KEY", file=sys.stderr)
+        return 2
+    try:
+        host, port = parse_host_port(values["server"])
+    except ValueError as e:
+        print(f"npc: -server={values['server']!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        hours = float(values["time"])
+    except ValueError:
+        hours = -1.0
+    if not 0 < hours <= 24 * 366:
+        print(f"npc: -time={values['time']!r}: expected a number of hours (0 < hours <= 8784)", file=sys.stderr)
+        return 2
+    outcome: list[int] = []
+
+    def run(reactor: Any) -> Any:
+        def ok(answer: dict[str, Any]) -> None:
+            note = "" if answer.get("ip_limit") else " (note: this server does not use ip_limit)"
+            print(f"npc: {answer.get('ip')} registered on {values['server']} for {hours:g} hours{note}")
+            outcome.append(0)
+
+        def failed(failure: Any) -> None:
+            print(f"npc: register on {values['server']} failed: {failure.getErrorMessage()}", file=sys.stderr)
+            outcome.append(1)
+
+        return register(reactor, host, port, values["vkey"], hours).addCallbacks(ok, failed)
+
+    try:
+        task.react(run)
+    except SystemExit:
+        pass
+    return outcome[0] if outcome else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in SERVICE_VERBS:
@@ -104,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = normalize_go_flags(raw, GO_FLAGS)
     if args and not args[0].startswith("-"):
         command = args[0]
+        if command == "register":
+            return register_command(args[1:])
         if command in NOT_YET:
             print(f"npc: {NOT_YET[command]} ('npc {command}') is not supported yet", file=sys.stderr)
             return 2

@@ -33,6 +33,7 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nps.access import SourceRefused
 from nps.config import format_host_port, parse_host_port
 from nps.interfaces import IProxyMode
 from nps.model import Tunnel
@@ -54,6 +55,8 @@ RECEIVE_BUFFER = 1024 * 1024
 LOG_INTERVAL = 10.0
 #: Largest datagram we read from a UDP socket.
 MAX_PACKET = 65535
+#: Seconds the datagrams of a peer refused by deny_ips/ip_limit are dropped before it is checked again.
+REFUSED_HOLD = 5.0
 
 Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
 
@@ -317,6 +320,8 @@ class PublicUdpProtocol(DatagramProtocol):
         self._full_log = _Throttle(clock)
         self._fail_log = _Throttle(clock)
         self._send_log = _Throttle(clock)
+        #: Peers refused by deny_ips/ip_limit: their datagrams are dropped until the time given.
+        self._refused: dict[tuple[str, int], float] = {}
 
     def startProtocol(self) -> None:
         self._stopped = False
@@ -332,6 +337,8 @@ class PublicUdpProtocol(DatagramProtocol):
         key = (str(addr[0]), int(addr[1]))
         session = self.sessions.get(key)
         if session is None:
+            if self._refused and self._refused.get(key, 0.0) > self.clock.seconds():
+                return
             session = self._open(key)
             if session is None:
                 return
@@ -371,6 +378,10 @@ class PublicUdpProtocol(DatagramProtocol):
                           target=session.target, reason=failure.getErrorMessage(), held=held)
         session.ended = True
         self._forget(session)
+        if failure.check(SourceRefused):
+            if len(self._refused) >= self.max_peers:
+                self._refused.clear()
+            self._refused[session.addr] = self.clock.seconds() + REFUSED_HOLD
 
     def _forget(self, session: PeerSession) -> None:
         if self.sessions.get(session.addr) is session:

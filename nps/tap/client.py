@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
+from nps.access import DENY_OPTION
 from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
 from nps.model import Tunnel
 from nps.visitor import Visitor
@@ -50,6 +51,8 @@ def tunnels_from_config(config: ClientConfig) -> tuple[Tunnel, ...]:
         if section.multi_account:
             accounts.update(_read_accounts(config.path, section.name, section.line, section.multi_account))
         options = {ACCOUNTS_OPTION: format_accounts(accounts)} if accounts else {}
+        if section.deny_ips:
+            options = dict(options, **{DENY_OPTION: section.deny_ips})
         for remark, port, targets in section.expand():
             tunnels.append(Tunnel(id=0, client_id=0, mode=section.mode, server_port=port,
                                   server_ip=section.server_ip, targets=targets, remark=remark,
@@ -188,4 +191,6 @@ def makeService(options: Options, reactor: Any = None,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
                       crypt=common.crypt, compress=common.compress,
-                      visitors=settings.visitors)
+                      visitors=settings.visitors,
+                      limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
+                              if getattr(common, key)})
