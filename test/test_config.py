@@ -4,7 +4,6 @@ Tests for L{nps.config}: reading nps.conf and npc.conf.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import pickle
 from pathlib import Path
@@ -94,13 +93,21 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
     "disconnect_timeout": ("12", 12),
     "data_dir": ("/srv/nps", "/srv/nps"),
     "public_addr": ("tunnel.example.com:8024", "tunnel.example.com:8024"),
-    "deny_ips": ("10.0.0.0/8, 192.0.2.7", (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"))),
 }
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
 SERVER_BUILT = {
-    "ip_limit",
-    "deny_ips",
+    "flow_store_interval",
+    "web_username",
+    "web_password",
+    "web_port",
+    "web_ip",
+    "web_base_url",
+    "web_open_ssl",
+    "web_cert_file",
+    "web_key_file",
+    "auth_key",
+    "allow_user_login",
     "pprof_ip",
     "pprof_port",
     "appname",
@@ -245,7 +252,7 @@ def test_server_defaults() -> None:
     assert c.allow_ports == ()
     assert c.http_proxy_port == 0
     assert c.https_proxy_port == 0
-    assert c.web_port == 0
+    assert c.web_port == 8080  # no nps.conf at all: the web admin on 127.0.0.1 (nps.admin)
     assert c.web_ip == "127.0.0.1"
     assert c.p2p_port == 0
     assert c.pprof_port == 0
@@ -555,7 +562,7 @@ def test_nps_0_26_10_nps_conf() -> None:
     assert c.public_vkey == "123"
     assert c.web_port == 8080
     assert c.http_proxy_port == 80
-    assert "web_port" in c.unsupported
+    assert "web_port" not in c.unsupported  # built (nps.admin)
     assert not any("unknown key" in w for w in c.warnings)
 
 
@@ -611,6 +618,9 @@ disconnect_timeout=30
     assert set(c.unsupported) == {
         "web_username",
         "web_password",
+        "rate_limit",
+        "flow_limit",
+        "max_conn",
         "proxy_url",
     }
     assert not any("'crypt'" in w or "'compress'" in w for w in c.warnings)  # built (nps.streamcodec)
@@ -1164,7 +1174,6 @@ def test_tunnel_all_keys() -> None:
         "local_path",
         "strip_pre",
         "multi_account",
-        "deny_ips",
     }
 
 

@@ -144,7 +144,8 @@ class TrafficFlusher(Service):
                 self._loop.start(self.interval, now=False)
 
         def failed(failure: Any) -> None:
-            self.log.failure("cannot read persisted traffic counters", failure)
+            if self.running:  # a server stopped while starting has nothing to report
+                self.log.failure("cannot read persisted traffic counters", failure)
 
         self.load().addCallbacks(started, failed)
 

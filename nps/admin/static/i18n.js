@@ -1,0 +1,52 @@
+// English and Chinese strings of the admin UI. window.NPS_I18N[lang][key].
+"use strict";
+window.NPS_I18N = {
+  en: {
+    "nav.dashboard": "Dashboard", "nav.clients": "Clients", "nav.tunnels": "Tunnels", "nav.hosts": "Domains",
+    "logout": "Log out", "live.title": "live updates",
+    "login.title": "Log in", "login.username": "User name", "login.password": "Password", "login.submit": "Log in",
+    "dash.title": "Dashboard", "dash.online": "Clients online", "dash.clients": "Clients", "dash.tunnels": "Tunnels running",
+    "dash.in": "Traffic in", "dash.out": "Traffic out", "dash.chart": "Traffic (bytes per second)",
+    "dash.version": "Version", "dash.server": "Server address",
+    "clients.title": "Clients", "clients.add": "Add client", "clients.remark": "Remark", "clients.vkey": "vkey (empty: random)",
+    "clients.webuser": "Web login user (optional)", "clients.webpass": "Web login password",
+    "clients.flow_limit": "Flow limit (MB)", "clients.max_conn": "Max connections", "clients.rate_limit": "Rate limit (KB/s)",
+    "clients.created": "Client added. Run this on the machine behind the NAT:", "copy": "Copy", "copied": "Copied",
+    "col.id": "ID", "col.remark": "Remark", "col.vkey": "vkey", "col.status": "Status", "col.addr": "Address",
+    "col.version": "Version", "col.in": "In", "col.out": "Out", "col.conns": "Conns", "col.actions": "",
+    "col.client": "Client", "col.mode": "Mode", "col.port": "Port", "col.target": "Target", "col.running": "Running",
+    "col.host": "Domain", "col.location": "Path", "col.scheme": "Scheme",
+    "online": "online", "offline": "offline", "yes": "yes", "no": "no",
+    "delete": "Delete", "confirm.delete": "Delete this? Open connections are closed.", "command": "Command",
+    "tunnels.title": "Tunnels", "tunnels.add": "Add tunnel", "tunnels.all": "All", "tunnels.port": "Server port",
+    "tunnels.ip": "Listen address", "tunnels.target": "Target (host:port, several separated by commas)",
+    "tunnels.password": "Password (secret mode)", "tunnels.path": "Local path (file mode)",
+    "hosts.title": "Domains", "hosts.add": "Add domain", "hosts.host": "Domain (e.g. a.example.com or *.example.com)",
+    "hosts.location": "Path prefix", "hosts.target": "Target (host:port)", "hosts.scheme": "Scheme",
+    "saved": "Saved.", "none": "Nothing here yet.", "clients.none": "No clients yet: add one below."
+  },
+  zh: {
+    "nav.dashboard": "仪表盘", "nav.clients": "客户端", "nav.tunnels": "隧道", "nav.hosts": "域名解析",
+    "logout": "退出", "live.title": "实时更新",
+    "login.title": "登录", "login.username": "用户名", "login.password": "密码", "login.submit": "登录",
+    "dash.title": "仪表盘", "dash.online": "在线客户端", "dash.clients": "客户端数", "dash.tunnels": "运行中的隧道",
+    "dash.in": "入口流量", "dash.out": "出口流量", "dash.chart": "流量（字节/秒）",
+    "dash.version": "版本", "dash.server": "服务端地址",
+    "clients.title": "客户端", "clients.add": "新增客户端", "clients.remark": "备注", "clients.vkey": "唯一验证密钥（留空随机）",
+    "clients.webuser": "Web 登录用户名（可选）", "clients.webpass": "Web 登录密码",
+    "clients.flow_limit": "流量限制（MB）", "clients.max_conn": "最大连接数", "clients.rate_limit": "带宽限制（KB/s）",
+    "clients.created": "客户端已添加。在内网机器上运行：", "copy": "复制", "copied": "已复制",
+    "col.id": "ID", "col.remark": "备注", "col.vkey": "唯一验证密钥", "col.status": "状态", "col.addr": "地址",
+    "col.version": "版本", "col.in": "入口", "col.out": "出口", "col.conns": "连接", "col.actions": "",
+    "col.client": "客户端", "col.mode": "模式", "col.port": "端口", "col.target": "目标", "col.running": "运行",
+    "col.host": "域名", "col.location": "路径", "col.scheme": "协议",
+    "online": "在线", "offline": "离线", "yes": "是", "no": "否",
+    "delete": "删除", "confirm.delete": "确定删除？已有连接会被关闭。", "command": "客户端命令",
+    "tunnels.title": "隧道", "tunnels.add": "新增隧道", "tunnels.all": "全部", "tunnels.port": "服务端端口",
+    "tunnels.ip": "监听地址", "tunnels.target": "目标（ip:端口，多个用逗号分隔）",
+    "tunnels.password": "密码（私密代理）", "tunnels.path": "本地路径（文件模式）",
+    "hosts.title": "域名解析", "hosts.add": "新增域名", "hosts.host": "域名（如 a.example.com 或 *.example.com）",
+    "hosts.location": "URL 路由", "hosts.target": "目标（ip:端口）", "hosts.scheme": "协议类型",
+    "saved": "已保存。", "none": "暂无数据。", "clients.none": "还没有客户端：在下方新增。"
+  }
+};

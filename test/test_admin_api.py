@@ -1,0 +1,353 @@
+"""The web admin's JSON API over real HTTP (treq) against an in-process nps with a real listener."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import tempfile
+import time
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from nps.admin.api import AdminApp
+from nps.client import NpcService
+from nps.config import ServerConfig
+from nps.modes import load_modes
+from nps.server import NpsServer
+from nps.store import Store
+from inprocess import Collect, Echo, wait_for
+from support import free_port
+
+PASSWORD = "correct horse battery staple"
+
+
+def routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the API, with ids filled in."""
+    found = []
+    for rule in AdminApp.app.url_map.iter_rules():
+        path = rule.rule
+        if not path.startswith("/api/v1/") or path == "/api/v1/login":
+            continue
+        path = path.replace("<int:client_id>", "1").replace("<int:tunnel_id>", "1").replace(
+            "<int:host_id>", "1").replace("<int:token_id>", "1")
+        for method in sorted(rule.methods or ()):
+            if method not in ("HEAD", "OPTIONS"):
+                found.append((method, path))
+    return found
+
+
+class AdminApiTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="nps-admin-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.echo_port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(self.echo_port.stopListening)
+        self.echo_addr = f"127.0.0.1:{self.echo_port.getHost().port}"
+
+    @inlineCallbacks
+    def start(self, **config: Any):  # type: ignore[no-untyped-def]
+        settings = dict(path=None, bridge_ip="127.0.0.1", bridge_port=0, data_dir=self.data_dir,
+                        web_port=free_port(), web_ip="127.0.0.1", web_password=PASSWORD)
+        settings.update(config)
+        server = NpsServer(ServerConfig(**settings), reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        self.server = server
+        self.base = f"http://127.0.0.1:{server.config.web_port}{server.config.web_base_url}"
+        yield wait_for(lambda: server.admin.admin_ready, 30)
+        return server
+
+    @inlineCallbacks
+    def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+             raw: bytes | None = None):  # type: ignore[no-untyped-def]
+        """Fires with (status, parsed JSON or bytes, response)."""
+        hdrs = {k: [v] for k, v in (headers or {}).items()}
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", ["application/json"])
+        response = yield treq.request(method, self.base + path, data=data, headers=hdrs, pool=self.pool,
+                                      reactor=reactor)
+        content = yield treq.content(response)
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = content
+        return response.code, parsed, response
+
+    @inlineCallbacks
+    def login(self, username: str = "admin", password: str = PASSWORD):  # type: ignore[no-untyped-def]
+        """Fires with headers carrying the session cookie and the CSRF token."""
+        code, body, response = yield self.call("POST", "/api/v1/login", {"username": username, "password": password})
+        self.assertEqual(code, 200, body)
+        cookie = response.headers.getRawHeaders("set-cookie")[0]
+        self.assertIn("HttpOnly", cookie)
+        self.assertIn("SameSite=Strict", cookie)
+        return {"Cookie": cookie.split(";")[0], "X-CSRF-Token": body["csrf_token"]}
+
+    @inlineCallbacks
+    def test_every_route_refuses_unauthenticated(self):  # type: ignore[no-untyped-def]
+        yield self.start()
+        all_routes = routes()
+        self.assertGreater(len(all_routes), 20)
+        for method, path in all_routes:
+            body = {} if method in ("POST", "PATCH", "PUT") else None
+            code, answer, _ = yield self.call(method, path, body)
+            self.assertEqual(code, 401, f"{method} {path}: {answer}")
+            self.assertIn("error", answer)
+        # a bad bearer token, a forged cookie and NPS's empty-auth_key bypass are refused too
+        for headers in ({"Authorization": "Bearer nps_guess"}, {"Cookie": "nps_session=forged"}):
+            code, _, _ = yield self.call("GET", "/api/v1/clients", headers=headers)
+            self.assertEqual(code, 401)
+        now = str(int(time.time()))
+        code, answer, _ = yield self.call(
+            "GET", f"/api/v1/clients?auth_key={hashlib.md5(now.encode()).hexdigest()}&timestamp={now}")
+        self.assertEqual(code, 401)
+        self.assertIn("auth_key", answer["error"])
+
+    @inlineCallbacks
+    def test_auth_key_only_when_set(self):  # type: ignore[no-untyped-def]
+        yield self.start(auth_key="a-long-shared-api-secret")
+        now = str(int(time.time()))
+        good = hashlib.md5(("a-long-shared-api-secret" + now).encode()).hexdigest()
+        code, answer, _ = yield self.call("GET", f"/api/v1/clients?auth_key={good}&timestamp={now}")
+        self.assertEqual(code, 200, answer)
+        old = str(int(time.time()) - 300)
+        stale = hashlib.md5(("a-long-shared-api-secret" + old).encode()).hexdigest()
+        code, _, _ = yield self.call("GET", f"/api/v1/clients?auth_key={stale}&timestamp={old}")
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_csrf_and_logout(self):  # type: ignore[no-untyped-def]
+        yield self.start()
+        headers = yield self.login()
+        no_csrf = {"Cookie": headers["Cookie"]}
+        code, answer, _ = yield self.call("POST", "/api/v1/clients", {"remark": "x"}, headers=no_csrf)
+        self.assertEqual(code, 403)
+        self.assertIn("CSRF", answer["error"])
+        wrong = dict(no_csrf, **{"X-CSRF-Token": "nope"})
+        code, _, _ = yield self.call("POST", "/api/v1/clients", {"remark": "x"}, headers=wrong)
+        self.assertEqual(code, 403)
+        # a form post (what another site could send) is refused
+        code, _, _ = yield self.call("POST", "/api/v1/clients", raw=b"remark=x",
+                                     headers=dict(headers, **{"Content-Type": "application/x-www-form-urlencoded"}))
+        self.assertEqual(code, 415)
+        code, _, _ = yield self.call("GET", "/api/v1/clients", headers=no_csrf)
+        self.assertEqual(code, 200)
+        code, _, _ = yield self.call("POST", "/api/v1/logout", {}, headers=headers)
+        self.assertEqual(code, 200)
+        code, _, _ = yield self.call("GET", "/api/v1/clients", headers=no_csrf)
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_login_rate_limited(self):  # type: ignore[no-untyped-def]
+        yield self.start()
+        codes = []
+        for _ in range(7):
+            code, _, _ = yield self.call("POST", "/api/v1/login", {"username": "admin", "password": "wrong"})
+            codes.append(code)
+        self.assertEqual(codes[:5], [401] * 5)
+        self.assertEqual(codes[5:], [429, 429])
+        # even the right password waits now
+        code, answer, response = yield self.call("POST", "/api/v1/login", {"username": "admin", "password": PASSWORD})
+        self.assertEqual(code, 429, answer)
+        self.assertTrue(response.headers.getRawHeaders("retry-after"))
+
+    @inlineCallbacks
+    def test_password_stored_hashed_and_bearer_token(self):  # type: ignore[no-untyped-def]
+        yield self.start()
+        store = Store(self.data_dir)
+        try:
+            stored = store.admin_password_hash("admin")
+        finally:
+            store.close()
+        self.assertTrue(stored.startswith("scrypt$"))
+        self.assertNotIn(PASSWORD, stored)
+        headers = yield self.login()
+        code, token, _ = yield self.call("POST", "/api/v1/tokens", {"name": "script"}, headers=headers)
+        self.assertEqual(code, 201)
+        bearer = {"Authorization": f"Bearer {token['token']}"}
+        code, answer, _ = yield self.call("POST", "/api/v1/clients", {"remark": "by-script"}, headers=bearer)
+        self.assertEqual(code, 201, answer)  # no CSRF token needed for bearer tokens
+        code, _, _ = yield self.call("DELETE", f"/api/v1/tokens/{token['id']}", headers=headers)
+        self.assertEqual(code, 200)
+        code, _, _ = yield self.call("GET", "/api/v1/clients", headers=bearer)
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_crud_validation_and_live_apply(self):  # type: ignore[no-untyped-def]
+        allowed = free_port()
+        yield self.start(allow_ports=((allowed, allowed), (20000, 60000)))
+        headers = yield self.login()
+        code, client, _ = yield self.call("POST", "/api/v1/clients", {"remark": "office"}, headers=headers)
+        self.assertEqual(code, 201, client)
+        self.assertEqual(len(client["vkey"]), 24)
+        self.assertIn(f"-vkey={client['vkey']} -type=tcp", client["command"])
+        self.assertFalse(client["online"])
+        cid = client["id"]
+        # validation: outside allow_ports, port in use, bad target, unknown mode, duplicate host
+        code, answer, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": cid, "mode": "tcp", "server_port": 80, "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 400)
+        self.assertIn("allow_ports", answer["error"])
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        busy_port = busy.getsockname()[1]
+        if 20000 <= busy_port <= 60000:
+            code, answer, _ = yield self.call("POST", "/api/v1/tunnels", {
+                "client_id": cid, "mode": "tcp", "server_port": busy_port, "server_ip": "127.0.0.1",
+                "targets": [self.echo_addr]}, headers=headers)
+            self.assertEqual(code, 409, answer)
+            self.assertIn("in use", answer["error"])
+        code, answer, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": cid, "mode": "tcp", "server_port": allowed, "targets": ["no port here"]}, headers=headers)
+        self.assertEqual(code, 400)
+        self.assertIn("target", answer["error"])
+        code, answer, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": cid, "mode": "nonsense", "server_port": allowed}, headers=headers)
+        self.assertEqual(code, 400)
+        code, host, _ = yield self.call("POST", "/api/v1/hosts", {
+            "client_id": cid, "host": "a.example.com", "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 201, host)
+        code, answer, _ = yield self.call("POST", "/api/v1/hosts", {
+            "client_id": cid, "host": "a.example.com", "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 409)
+        self.assertIn("already", answer["error"])
+        code, answer, _ = yield self.call("GET", "/api/v1/tunnels/999", headers=headers)
+        self.assertEqual(code, 404)
+
+        # a real npc; the tunnel opens at once, traffic flows and is counted
+        npc = NpcService(reactor, "127.0.0.1", self.server.bridge_address.port, client["vkey"], load_modes(),
+                         on_fatal=lambda code, msg: None, max_retry_delay=0.5)
+        npc.startService()
+        self.addCleanup(lambda: npc.stopService() if npc.running else None)
+        yield wait_for(lambda: cid in self.server.sessions)
+        code, listed, _ = yield self.call("GET", f"/api/v1/clients/{cid}", headers=headers)
+        self.assertTrue(listed["online"])
+        self.assertTrue(listed["remote_addr"].startswith("127.0.0.1"))
+        code, tunnel, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": cid, "mode": "tcp", "server_port": allowed, "server_ip": "127.0.0.1",
+            "targets": self.echo_addr}, headers=headers)
+        self.assertEqual(code, 201, tunnel)
+        self.assertTrue(tunnel["running"])
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", allowed), user)
+        user.transport.write(b"hello through the admin")
+        yield wait_for(lambda: user.received == b"hello through the admin")
+        yield wait_for(lambda: self.server.tunnels[tunnel["id"]].counter.bytes_out >= 23)
+        code, traffic, _ = yield self.call("GET", "/api/v1/traffic", headers=headers)
+        self.assertGreaterEqual(traffic["tunnels"][str(tunnel["id"])]["bytes_in"], 23)
+        self.assertGreaterEqual(traffic["clients"][str(cid)]["bytes_out"], 23)
+        # flushed to the store
+        yield self.server.traffic.flush()
+        store = Store(self.data_dir)
+        try:
+            self.assertGreaterEqual(store.traffic("tunnel")[tunnel["id"]][0], 23)
+        finally:
+            store.close()
+        # deleting the tunnel closes its port and its open connection
+        code, answer, _ = yield self.call("DELETE", f"/api/v1/tunnels/{tunnel['id']}", headers=headers)
+        self.assertEqual(code, 200, answer)
+        self.assertEqual(answer["connections_closed"], 1)
+        yield user.closed
+        self.assertNotIn(tunnel["id"], self.server.tunnels)
+        # deleting the client disconnects it
+        code, _, _ = yield self.call("DELETE", f"/api/v1/clients/{cid}", headers=headers)
+        self.assertEqual(code, 200)
+        yield wait_for(lambda: cid not in self.server.sessions)
+
+    @inlineCallbacks
+    def test_client_login_sees_only_its_own(self):  # type: ignore[no-untyped-def]
+        yield self.start(allow_user_login=True)
+        headers = yield self.login()
+        code, mine, _ = yield self.call("POST", "/api/v1/clients", {
+            "remark": "mine", "web_username": "alice", "web_password": "alice's long password"}, headers=headers)
+        self.assertEqual(code, 201, mine)
+        self.assertEqual(mine["web_password"], "")
+        store = Store(self.data_dir)
+        try:
+            self.assertTrue(store.get_client(mine["id"]).web_password.startswith("scrypt$"))
+        finally:
+            store.close()
+        code, other, _ = yield self.call("POST", "/api/v1/clients", {"remark": "other"}, headers=headers)
+        port_a, port_b = free_port(), free_port()
+        code, other_tunnel, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": other["id"], "mode": "tcp", "server_port": port_b, "server_ip": "127.0.0.1",
+            "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 201, other_tunnel)
+        alice = yield self.login("alice", "alice's long password")
+        code, clients, _ = yield self.call("GET", "/api/v1/clients", headers=alice)
+        self.assertEqual([c["id"] for c in clients], [mine["id"]])
+        code, _, _ = yield self.call("GET", f"/api/v1/clients/{other['id']}", headers=alice)
+        self.assertEqual(code, 404)
+        code, _, _ = yield self.call("GET", f"/api/v1/tunnels/{other_tunnel['id']}", headers=alice)
+        self.assertEqual(code, 404)
+        code, _, _ = yield self.call("DELETE", f"/api/v1/tunnels/{other_tunnel['id']}", headers=alice)
+        self.assertEqual(code, 404)
+        code, tunnels, _ = yield self.call("GET", "/api/v1/tunnels", headers=alice)
+        self.assertEqual(tunnels, [])
+        code, _, _ = yield self.call("POST", "/api/v1/clients", {"remark": "x"}, headers=alice)
+        self.assertEqual(code, 403)
+        code, answer, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": other["id"], "mode": "tcp", "server_port": port_a, "targets": [self.echo_addr]},
+            headers=alice)
+        self.assertEqual(code, 403)
+        code, own, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "mode": "tcp", "server_port": port_a, "server_ip": "127.0.0.1", "targets": [self.echo_addr]},
+            headers=alice)
+        self.assertEqual(code, 201, own)
+        self.assertEqual(own["client_id"], mine["id"])
+        code, _, _ = yield self.call("GET", "/api/v1/tokens", headers=alice)
+        self.assertEqual(code, 403)
+
+    @inlineCallbacks
+    def test_client_login_off_by_default(self):  # type: ignore[no-untyped-def]
+        yield self.start()
+        headers = yield self.login()
+        yield self.call("POST", "/api/v1/clients", {"web_username": "bob", "web_password": "bob's long password"},
+                        headers=headers)
+        code, _, _ = yield self.call("POST", "/api/v1/login", {"username": "bob", "password": "bob's long password"})
+        self.assertEqual(code, 401)
+
+    @inlineCallbacks
+    def test_openapi_base_url_and_ui(self):  # type: ignore[no-untyped-def]
+        yield self.start(web_base_url="/nps")
+        headers = yield self.login()
+        code, doc, _ = yield self.call("GET", "/api/v1/openapi.json", headers=headers)
+        self.assertEqual(code, 200)
+        self.assertEqual(doc["openapi"], "3.0.3")
+        for method, path in routes():
+            templated = path.replace("/1", "/{id}")
+            self.assertIn(templated, doc["paths"], path)
+            self.assertIn(method.lower(), doc["paths"][templated], path)
+        code, page, response = yield self.call("GET", "/")
+        self.assertEqual(code, 200)
+        self.assertIn(b"<html", page.lower() if isinstance(page, bytes) else b"")
+        self.assertEqual(response.headers.getRawHeaders("x-frame-options"), ["DENY"])
+        response = yield treq.get(f"http://127.0.0.1:{self.server.config.web_port}/nps", pool=self.pool,
+                                  reactor=reactor, allow_redirects=False)
+        yield treq.content(response)
+        self.assertEqual(response.code, 302)
+
+    @inlineCallbacks
+    def test_generated_password_when_unset(self):  # type: ignore[no-untyped-def]
+        yield self.start(web_password="")
+        generated = self.server.admin.generated_password
+        self.assertGreaterEqual(len(generated), 16)
+        yield self.login("admin", generated)
+        code, _, _ = yield self.call("POST", "/api/v1/login", {"username": "admin", "password": ""})
+        self.assertIn(code, (400, 401))
