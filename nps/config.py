@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from nps.access import format_deny_list, parse_deny_list
+
 __all__ = [
     "BUILT_MODES",
     "ConfigError",
@@ -581,6 +583,8 @@ class ServerConfig:
     allow_ports: tuple[tuple[int, int], ...] = ()
     flow_store_interval: int = 0
     ip_limit: bool = False
+    #: Source networks refused on every tunnel (our addition; nps.access).
+    deny_ips: tuple[Any, ...] = ()
     # p2p
     p2p_ip: str = ""
     p2p_port: int = 0
@@ -652,7 +656,8 @@ _SERVER_KEYS: dict[str, _Key] = {
     "log_path": _Key(_to_str, True),
     "allow_ports": _Key(parse_port_ranges, True),
     "flow_store_interval": _Key(_int_converter(0), True),
-    "ip_limit": _Key(_to_bool, False),
+    "ip_limit": _Key(_to_bool, True),
+    "deny_ips": _Key(parse_deny_list, True),
     "p2p_ip": _Key(_to_str, True),
     "p2p_port": _Key(_optional_port_converter(65533), False),
     "http_proxy_ip": _Key(_to_ip, False),
@@ -808,13 +813,14 @@ NATIVE_MODES = frozenset({"secret"})
 #: Modes whose public side is a TCP listener (they cannot share a port).
 _TCP_LISTENER_MODES = frozenset({"tcp", "socks5", "httpProxy", "file"})
 #: Keys a mode added by a third-party plugin may use.
-_PLUGIN_MODE_KEYS = frozenset({"server_port", "server_ip", "target_addr", "password", "local_path", "strip_pre"})
+_PLUGIN_MODE_KEYS = frozenset({"server_port", "server_ip", "target_addr", "password", "local_path", "strip_pre",
+                               "deny_ips"})
 _MODE_KEYS: Mapping[str, frozenset[str]] = {
-    "tcp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip"}),
-    "udp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip"}),
-    "socks5": frozenset({"server_port", "server_ip", "multi_account"}),
-    "httpProxy": frozenset({"server_port", "server_ip"}),
-    "file": frozenset({"server_port", "server_ip", "local_path", "strip_pre"}),
+    "tcp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip", "deny_ips"}),
+    "udp": frozenset({"server_port", "server_ip", "target_addr", "target_port", "target_ip", "deny_ips"}),
+    "socks5": frozenset({"server_port", "server_ip", "multi_account", "deny_ips"}),
+    "httpProxy": frozenset({"server_port", "server_ip", "deny_ips"}),
+    "file": frozenset({"server_port", "server_ip", "local_path", "strip_pre", "deny_ips"}),
     "secret": frozenset({"password", "target_addr"}),
     "p2p": frozenset({"password", "target_addr"}),
 }
@@ -859,9 +865,9 @@ _COMMON_KEYS: dict[str, _Key] = {
     "web_password": _Key(_to_str, False),
     "crypt": _Key(_to_bool, True),
     "compress": _Key(_to_bool, True),
-    "rate_limit": _Key(_int_converter(0), False),
-    "flow_limit": _Key(_int_converter(0), False),
-    "max_conn": _Key(_int_converter(0), False),
+    "rate_limit": _Key(_int_converter(0), True),
+    "flow_limit": _Key(_int_converter(0), True),
+    "max_conn": _Key(_int_converter(0), True),
     "remark": _Key(_to_str, True),
     "proxy_url": _Key(_to_proxy_url, False),
     "pprof_addr": _Key(_to_address, True),
@@ -884,6 +890,7 @@ KNOWN_TUNNEL_KEYS: frozenset[str] = frozenset(
         "local_path",
         "strip_pre",
         "multi_account",
+        "deny_ips",
     }
 )
 #: Keys of a domain section (one with C{host=}), besides C{header_*}.
@@ -947,6 +954,8 @@ class TunnelSection:
     local_path: str = ""
     strip_pre: str = ""
     multi_account: str = ""
+    #: Source addresses/networks refused on this tunnel (our addition; nps.access).
+    deny_ips: str = ""
 
     def expand(self) -> list[tuple[str, int, tuple[str, ...]]]:
         """
@@ -1330,6 +1339,7 @@ def _build_tunnel(reader: _Reader, unsupported: list[str], modes: Collection[str
         local_path=local_path,
         strip_pre=reader.get("strip_pre", _to_str, ""),
         multi_account=reader.get("multi_account", _to_str, ""),
+        deny_ips=format_deny_list(reader.get("deny_ips", parse_deny_list, ())),
     )
 
 

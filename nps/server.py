@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nps import __version__
+from nps.access import DENY_OPTION, SourcePolicy, SourceRefused, host_of, normalize_ip, parse_deny_list
 from nps.accounts import ACCOUNTS_OPTION, accounts_for, format_accounts
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
 from nps.config import ConfigError, ServerConfig, load_server_config, port_allowed
@@ -28,6 +29,7 @@ from nps.mux import StreamRefused
 from nps.relay import Relay, RelayFactory
 from nps.protocols.frames import GoAwayCode
 from nps.protocols.handshake import key_id
+from nps.ratelimit import LimitedStream, RateLimiter
 from nps.stats import TrafficCounter
 from nps.streamcodec import CodecError, session_link, wrap_protocol
 from nps.store import AsyncStore, Snapshot, Store
@@ -46,6 +48,14 @@ class LimitReached(Exception):
     """A limit of the tunnel's client (max_conn, flow_limit) refuses a new connection."""
 
 
+#: The limits an npc may set for itself in its npc.conf [common] (they can only lower the server's).
+SELF_LIMITS = ("rate_limit", "flow_limit", "max_conn")
+#: Longest C{npc register -time} (hours).
+MAX_REGISTER_HOURS = 24 * 366
+#: Seconds between reloads of the registered addresses (another process may add some).
+REGISTERED_IPS_POLL = 5.0
+
+
 @attrs.define(eq=False)
 class ClientSession:
     """One authenticated npc connection."""
@@ -61,6 +71,10 @@ class ClientSession:
     #: This session's streams are encrypted / compressed (nps.streamcodec).
     crypt: bool = False
     compress: bool = False
+    #: Limits the npc set for itself (npc.conf [common] rate_limit/flow_limit/max_conn).
+    self_limits: dict[str, int] = attrs.field(factory=dict)
+    #: An C{npc register} connection: it registers its address and leaves, it serves no tunnels.
+    register_only: bool = False
 
     @property
     def mux(self) -> Any:
@@ -89,6 +103,10 @@ class StreamEndpoint:
         session = self._server.sessions.get(self._client_id)
         if session is None or session.mux is None:
             return fail(ClientOffline(f"client {self._client_id} is offline"))
+        refusal = self._server.source_allowed(self._client_id, self._link.get("tunnel"),
+                                              host_of(str(self._link.get("remote", ""))))
+        if refusal:
+            return fail(SourceRefused(refusal))
         limit = self._server.limit_reached(self._client_id)
         if limit:
             self._server.log.info("client {client}: refusing {remote}: {limit}", client=self._client_id,
@@ -127,7 +145,7 @@ class StreamEndpoint:
             return fail(e)
         assert stream.opened is not None
         stream.opened.addErrback(self._refused)
-        stream.attach(protocol)
+        stream.attach(self._server.limited(self._client_id, protocol))
         return succeed(user)
 
     def _refused(self, failure: Any) -> None:
@@ -192,6 +210,12 @@ class NpsServer(MultiService):
         self._draining_logged = False
         self._sync: Deferred[Any] | None = None
         self._sync_waiters: list[Deferred[None]] = []
+        #: deny_ips and ip_limit (nps.access); per-client rate limiters (nps.ratelimit).
+        self.policy = SourcePolicy(config.deny_ips, config.ip_limit)
+        self.limiters: dict[int, RateLimiter] = {}
+        self._cutting: set[int] = set()
+        self._refusal_logged: dict[tuple[str, str], float] = {}
+        self._ips_loaded = float("-inf")
         # Prometheus metrics and the pprof_ip/pprof_port debug listener (nps.metrics, nps.debug).
         self.stats = ServerStats(self)
         attach_server_debug(self)
@@ -212,6 +236,7 @@ class NpsServer(MultiService):
         try:
             store.mark_all_offline()
             snapshot = store.snapshot()
+            self.policy.replace_registered(store.registered_ips())
         finally:
             store.close()
         self._apply_clients(snapshot)
@@ -291,6 +316,8 @@ class NpsServer(MultiService):
                 new = attrs.evolve(new, **{key: getattr(self.config, key)})
         self.config = new
         self.idle_timeout = max(new.disconnect_timeout, 1) * PING_INTERVAL
+        self.policy.deny = new.deny_ips
+        self.policy.ip_limit = new.ip_limit
         for warning in dict.fromkeys(new.warnings):
             self.log.warn("config: {warning}", warning=warning)
         self.log.info("reload: {path} applied", path=new.path)
@@ -312,6 +339,13 @@ class NpsServer(MultiService):
         vkey, client_id = self._keys[str(message["kid"])]
         version = str(message.get("version", ""))[:64]
         remark = str(message.get("remark", ""))[:128]
+        if message.get("role") == "register":
+            # npc register: a short connection beside the client's own session.
+            session = ClientSession(next(self._ephemeral_ids) if client_id is None else client_id,
+                                    remark or "register", protocol, protocol.peer, version,
+                                    public=client_id is None, register_only=True)
+            return session, {"client_id": session.client_id, "server_version": __version__,
+                             "ping_interval": self.ping_interval}
         if client_id is None:
             session = ClientSession(next(self._ephemeral_ids), remark or "public", protocol,
                                     protocol.peer, version, public=True)
@@ -336,6 +370,10 @@ class NpsServer(MultiService):
                          "ping_interval": self.ping_interval, "crypt": session.crypt, "compress": session.compress}
 
     def session_started(self, session: ClientSession) -> None:
+        if session.register_only:
+            self.log.info("client {id}: npc register connection from {remote}", id=session.client_id,
+                          remote=session.remote)
+            return
         self.sessions[session.client_id] = session
         self.client_counters.setdefault(session.client_id, TrafficCounter())
         self.log.info("client {id} ({remark}) online from {remote}, npc {version}",
@@ -348,6 +386,8 @@ class NpsServer(MultiService):
         self._notify_observers(session, True)
 
     def session_ended(self, session: ClientSession) -> None:
+        if session.register_only:
+            return
         reason = session.mux.close_reason if session.mux is not None else "closed"
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -395,8 +435,18 @@ class NpsServer(MultiService):
 
     def control_received(self, session: ClientSession, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if session.register_only:
+            if kind == "register_ip":
+                self._register_ip_message(session, message.get("hours"))
+            elif kind != "goaway":
+                self.log.info("client {id}: ignoring {kind!r} on an npc register connection",
+                              id=session.client_id, kind=kind)
+            return
         if kind == "register":
+            self._take_self_limits(session, message.get("limits"))
             self._register_tunnels(session, message.get("tunnels"))
+        elif kind == "register_ip":
+            self._register_ip_message(session, message.get("hours"))
         elif kind != "goaway":
             self.log.info("client {id}: ignoring control message {kind!r}", id=session.client_id, kind=kind)
 
@@ -458,6 +508,9 @@ class NpsServer(MultiService):
         gatherResults(pending).addCallback(report)
 
     def _check_tunnel(self, tunnel: Tunnel) -> None:
+        deny = tunnel.options.get(DENY_OPTION, "")
+        if deny:
+            parse_deny_list(deny)  # ValueError names the bad entry
         if tunnel.mode == "secret":
             if not tunnel.password or not tunnel.targets:
                 raise ValueError("a secret tunnel needs password= and target_addr=")
@@ -529,18 +582,176 @@ class NpsServer(MultiService):
 
     # -- limits (enforced here, never trusted from npc) ------------------------------
 
+    def client_limits(self, client_id: int) -> dict[str, int]:
+        """
+        The limits in force for C{client_id}: C{rate_limit} (KB/s), C{flow_limit} (MB),
+        C{max_conn}; 0 means none.  The store's value, lowered by what the npc
+        asked for itself in its npc.conf [common] (it can never raise them).
+        """
+        client = self._clients.get(client_id)
+        session = self.sessions.get(client_id)
+        own = session.self_limits if session is not None else {}
+        limits = {}
+        for key in SELF_LIMITS:
+            values = [v for v in (getattr(client, key, 0) if client is not None else 0, own.get(key, 0)) if v > 0]
+            limits[key] = min(values) if values else 0
+        return limits
+
     def limit_reached(self, client_id: int) -> str:
         """Why a new connection for C{client_id} must be refused now (empty: it may go ahead)."""
-        client = self._clients.get(client_id)
-        if client is None:
+        limits = self.client_limits(client_id)
+        counter = self.client_counters.setdefault(client_id, TrafficCounter())
+        if limits["max_conn"] and counter.open >= limits["max_conn"]:
+            return f"max_conn {limits['max_conn']} reached"
+        return self.flow_used_up(client_id, limits)
+
+    def flow_used_up(self, client_id: int, limits: dict[str, int] | None = None) -> str:
+        """Why C{client_id} may move no more bytes (its C{flow_limit} is used up), or empty."""
+        flow_limit = (limits or self.client_limits(client_id))["flow_limit"]
+        if not flow_limit:
             return ""
         counter = self.client_counters.setdefault(client_id, TrafficCounter())
-        if client.max_conn and counter.open >= client.max_conn:
-            return f"max_conn {client.max_conn} reached"
-        used = counter.bytes_in + counter.bytes_out + self.flow_base.get(client_id, 0)
-        if client.flow_limit and used >= client.flow_limit * 1024 * 1024:
-            return f"flow_limit of {client.flow_limit} MB used up"
+        if counter.bytes_in + counter.bytes_out + self.flow_base.get(client_id, 0) >= flow_limit * 1024 * 1024:
+            return f"flow_limit of {flow_limit} MB used up"
         return ""
+
+    def limited(self, client_id: int, protocol: Any) -> Any:
+        """
+        What to attach to a new stream of C{client_id} in place of C{protocol}:
+        C{protocol} itself for a client without rate_limit and flow_limit, else
+        a L{LimitedStream} charging the client's bucket and watching its quota.
+        """
+        limits = self.client_limits(client_id)
+        limiter = self._limiter_for(client_id, limits["rate_limit"])
+        if limiter is None and not limits["flow_limit"]:
+            return protocol
+        on_bytes = (lambda: self._check_flow(client_id)) if limits["flow_limit"] else None
+        return LimitedStream(protocol, limiter, on_bytes)
+
+    def _limiter_for(self, client_id: int, rate: int) -> RateLimiter | None:
+        if rate <= 0:
+            self.limiters.pop(client_id, None)
+            return None
+        limiter = self.limiters.get(client_id)
+        if limiter is None:
+            limiter = self.limiters[client_id] = RateLimiter(self.reactor, rate)
+        else:
+            limiter.set_rate(rate)
+        return limiter
+
+    def _update_limiters(self) -> None:
+        for client_id in list(self.limiters):
+            self._limiter_for(client_id, self.client_limits(client_id)["rate_limit"])
+
+    def _check_flow(self, client_id: int) -> None:
+        if client_id in self._cutting:
+            return
+        reason = self.flow_used_up(client_id)
+        if reason:
+            self._cutting.add(client_id)
+            self.reactor.callLater(0, self._cut_client, client_id, reason)
+
+    def _cut_client(self, client_id: int, reason: str) -> None:
+        """The client's flow_limit is used up: its open connections end too."""
+        self._cutting.discard(client_id)
+        session = self.sessions.get(client_id)
+        if session is None or session.mux is None:
+            return
+        streams = [stream for stream in list(getattr(session.mux, "_streams", {}).values())
+                   if stream.link.get("mode") != "secret" and not stream.disconnected]
+        if not streams:
+            return
+        self.log.warn("client {id}: {reason}; closing its {n} open connections", id=client_id, reason=reason,
+                      n=len(streams))
+        for stream in streams:
+            stream.reset(reason)
+
+    def _take_self_limits(self, session: ClientSession, limits: Any) -> None:
+        """npc.conf [common] rate_limit/flow_limit/max_conn, sent with a register message."""
+        if limits is None:
+            return
+        if not isinstance(limits, dict):
+            self.log.info("client {id}: ignoring limits that are not an object", id=session.client_id)
+            return
+        own: dict[str, int] = {}
+        for key in SELF_LIMITS:
+            value = limits.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 40:
+                self.log.info("client {id}: ignoring its {key}={value!r} (not a number >= 0)",
+                              id=session.client_id, key=key, value=str(value)[:32])
+                continue
+            if value:
+                own[key] = value
+        session.self_limits = own
+        if own:
+            self.log.info("client {id}: npc.conf limits {limits}", id=session.client_id,
+                          limits=", ".join(f"{k}={v}" for k, v in sorted(own.items())))
+        self._update_limiters()
+
+    # -- who may connect: deny_ips and ip_limit (nps.access) ----------------------------
+
+    def source_allowed(self, client_id: int, tunnel_id: Any, remote_ip: str) -> str:
+        """
+        Why a new public connection from C{remote_ip} to C{tunnel_id} of
+        C{client_id} must be refused (empty: it may go ahead): the server's and
+        the tunnel's C{deny_ips}, and C{ip_limit}.  Every mode goes through it
+        (L{StreamEndpoint.connect}).
+        """
+        running = self.tunnels.get(tunnel_id) if isinstance(tunnel_id, int) else None
+        deny = running.tunnel.options.get(DENY_OPTION, "") if running is not None else ""
+        now = self.reactor.seconds()
+        reason = self.policy.check(remote_ip, now, deny)
+        if reason:
+            key = (remote_ip, reason)
+            if self._refusal_logged.get(key, float("-inf")) + 10.0 <= now:
+                if len(self._refusal_logged) > 10000:
+                    self._refusal_logged.clear()
+                self._refusal_logged[key] = now
+                self.log.warn("client {client} tunnel {tunnel}: refusing {ip}: {reason}", client=client_id,
+                              tunnel=tunnel_id, ip=remote_ip, reason=reason)
+        return reason
+
+    def register_ip(self, ip: str, hours: float, client_id: int | None = None) -> float:
+        """
+        Let C{ip} use tunnels for C{hours} hours when C{ip_limit=true}
+        (C{npc register}, and the legacy npc's C{rgst} connection).
+
+        @return: when the registration expires (POSIX time).
+        @raise ValueError: if C{ip} is not an address or C{hours} is out of range.
+        """
+        address = normalize_ip(ip)
+        if not 0 < hours <= MAX_REGISTER_HOURS:
+            raise ValueError(f"hours must be between 0 and {MAX_REGISTER_HOURS}, got {hours!r}")
+        expires = self.reactor.seconds() + hours * 3600
+        self.policy.register(address, expires)
+        owner = client_id if client_id is not None and client_id > 0 else None
+        self.store.call("register_ip", address, expires, owner).addErrback(self._store_failed)
+        self.log.info("ip_limit: {ip} registered by client {client} for {hours:g} hours", ip=address,
+                      client=client_id, hours=hours)
+        return expires
+
+    def _register_ip_message(self, session: ClientSession, hours: Any) -> None:
+        if session.mux is None:
+            return
+        try:
+            if isinstance(hours, bool) or not isinstance(hours, (int, float)):
+                raise ValueError(f"hours must be a number, got {str(hours)[:32]!r}")
+            ip = host_of(session.remote)
+            expires = self.register_ip(ip, float(hours), session.client_id)
+        except ValueError as e:
+            session.mux.send_control({"type": "ip_registered", "ok": False, "error": str(e)})
+            return
+        session.mux.send_control({"type": "ip_registered", "ok": True, "ip": ip, "hours": float(hours),
+                                  "expires": expires, "ip_limit": self.config.ip_limit})
+
+    def _reload_registered_ips(self) -> None:
+        now = self.reactor.seconds()
+        if now - self._ips_loaded < REGISTERED_IPS_POLL:
+            return
+        self._ips_loaded = now
+        self.policy.expire(now)
+        if self.config.ip_limit:
+            self.store.call("registered_ips", now).addCallbacks(self.policy.replace_registered, self._store_failed)
 
     # -- secret tunnels: no public port, visitors come over their own bridge --------
 
@@ -604,6 +815,7 @@ class NpsServer(MultiService):
         if self.config.public_vkey:
             keys[key_id(self.config.public_vkey)] = (self.config.public_vkey, None)
         self._keys = keys
+        self._update_limiters()
         for client_id, session in list(self.sessions.items()):
             if session.public:
                 continue
@@ -628,6 +840,9 @@ class NpsServer(MultiService):
 
     def _poll_store(self) -> None:
         self.refresh()
+        self._reload_registered_ips()
+        for client_id in list(self.sessions):
+            self._check_flow(client_id)
 
     def refresh(self) -> Deferred[None]:
         """Apply the store's changes now (coalesced); fires when done."""

@@ -4,6 +4,7 @@ Tests for L{nps.config}: reading nps.conf and npc.conf.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import pickle
 from pathlib import Path
@@ -93,6 +94,7 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
     "disconnect_timeout": ("12", 12),
     "data_dir": ("/srv/nps", "/srv/nps"),
     "public_addr": ("tunnel.example.com:8024", "tunnel.example.com:8024"),
+    "deny_ips": ("10.0.0.0/8, 192.0.2.7", (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"))),
 }
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
@@ -108,6 +110,8 @@ SERVER_BUILT = {
     "web_key_file",
     "auth_key",
     "allow_user_login",
+    "ip_limit",
+    "deny_ips",
     "pprof_ip",
     "pprof_port",
     "appname",
@@ -618,9 +622,6 @@ disconnect_timeout=30
     assert set(c.unsupported) == {
         "web_username",
         "web_password",
-        "rate_limit",
-        "flow_limit",
-        "max_conn",
         "proxy_url",
     }
     assert not any("'crypt'" in w or "'compress'" in w for w in c.warnings)  # built (nps.streamcodec)
@@ -1174,6 +1175,7 @@ def test_tunnel_all_keys() -> None:
         "local_path",
         "strip_pre",
         "multi_account",
+        "deny_ips",
     }
 
 
