@@ -1,0 +1,1 @@
+"""The domain (virtual host) proxy: routes HTTP by Host and TLS by SNI to the owning client."""
