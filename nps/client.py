@@ -20,6 +20,7 @@ from nps.metrics import ClientStats
 from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
 from nps.streamcodec import CodecError, CodecProtocol, codec_for
+from nps.p2p.peer import P2PClient
 from nps.visitor import Visitor, listen_visitor
 
 PING_INTERVAL = 5.0
@@ -86,6 +87,8 @@ class NpcService(MultiService):
         self._retry_call: IDelayedCall | None = None
         # Prometheus metrics and the pprof_addr debug listener (nps.metrics, nps.debug).
         self.stats = ClientStats(self)
+        #: p2p visitor links and provider offers (nps.p2p.peer).
+        self.p2p = P2PClient(self)
         attach_client_debug(self, debug_addr)
 
     # -- connection loop ---------------------------------------------------------
@@ -96,8 +99,10 @@ class NpcService(MultiService):
         """Open the visitors' local ports now, so a taken port stops start-up with an error."""
         for visitor in self.visitors:
             self._visitor_ports.append(listen_visitor(self.reactor, self, visitor))
-            self.log.info("secret {name}: local port {ip}:{port} -> server (by password)",
-                          name=visitor.name, ip=visitor.local_ip, port=visitor.local_port)
+            self.log.info("{kind} {name}: local port {ip}:{port} -> {how} (by password)", kind=visitor.kind,
+                          name=visitor.name, ip=visitor.local_ip, port=visitor.local_port,
+                          how="provider npc (direct if punching works, else via server)"
+                          if visitor.kind == "p2p" else "server")
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -113,6 +118,7 @@ class NpcService(MultiService):
             self._attempt.cancel()
         if self.current is not None:
             self.current.transport.loseConnection()
+        self.p2p.stop()
         for port in self._visitor_ports:
             port.stopListening()
         self._visitor_ports.clear()
@@ -189,6 +195,7 @@ class NpcService(MultiService):
             self._schedule_retry()
 
     def session_lost(self, protocol: BridgeClientProtocol, reason: str) -> None:
+        self.p2p.bridge_lost()
         if self.current is protocol:
             self.current = None
         self.log.warn("disconnected from server {server}: {reason}", server=self.server, reason=reason)
@@ -240,6 +247,8 @@ class NpcService(MultiService):
                 else:
                     self.log.error("tunnel {remark} refused by the server: {error}",
                                    remark=result.get("remark"), error=result.get("error"))
+        elif kind.startswith("p2p_"):
+            self.p2p.control(message)
         elif kind == "goaway":
             self.log.warn("server is closing the session: {reason}", reason=message.get("reason"))
 

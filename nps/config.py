@@ -659,7 +659,7 @@ _SERVER_KEYS: dict[str, _Key] = {
     "ip_limit": _Key(_to_bool, True),
     "deny_ips": _Key(parse_deny_list, True),
     "p2p_ip": _Key(_to_str, True),
-    "p2p_port": _Key(_optional_port_converter(65533), False),
+    "p2p_port": _Key(_optional_port_converter(65533), True),
     "http_proxy_ip": _Key(_to_ip, False),
     "http_proxy_port": _Key(_optional_port_converter(), False),
     "https_proxy_port": _Key(_optional_port_converter(), False),
@@ -807,9 +807,9 @@ TUNNEL_MODES: Mapping[str, str] = {
 }
 #: Modes this release serves; a caller that loaded the mode plugins passes their
 #: names instead (see L{parse_client_config}'s C{modes}).
-BUILT_MODES = frozenset({"tcp", "udp", "socks5", "httpProxy", "file", "secret"})
+BUILT_MODES = frozenset({"tcp", "udp", "socks5", "httpProxy", "file", "secret", "p2p"})
 #: Modes the server itself implements (no plugin): always available.
-NATIVE_MODES = frozenset({"secret"})
+NATIVE_MODES = frozenset({"secret", "p2p"})
 #: Modes whose public side is a TCP listener (they cannot share a port).
 _TCP_LISTENER_MODES = frozenset({"tcp", "socks5", "httpProxy", "file"})
 #: Keys a mode added by a third-party plugin may use.
@@ -1393,12 +1393,9 @@ def _build_visitor(reader: _Reader, kind: str, unsupported: list[str]) -> Visito
     password = reader.require("password", _to_str, "the secret/p2p tunnel's password")
     target_addr = ""
     if kind == "p2p":
-        target_addr = reader.require("target_addr", _to_address, "host:port on the provider's network")
+        target_addr = reader.get("target_addr", _to_address, "")
     elif reader.raw("target_addr"):
         reader.warn(reader.line("target_addr"), "key 'target_addr' has no effect for a secret visitor")
-    if kind != "secret":
-        unsupported.append(f"[{name}]")
-        reader.warn(reader.section.line, f"{kind} visitor sections are accepted but not supported yet")
     return VisitorSection(
         name=name,
         line=reader.section.line,

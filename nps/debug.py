@@ -306,7 +306,8 @@ def client_snapshot(client: "NpcService") -> dict[str, Any]:
                        **mux_info(current.mux))
     return {"service": "npc", "version": __version__, "server": client.server,
             "connected": session is not None, "session": session,
-            "tunnels": [t.remark for t in client.tunnels]}
+            "tunnels": [t.remark for t in client.tunnels],
+            "p2p": client.p2p.snapshot() if getattr(client, "p2p", None) is not None else []}
 
 
 def _counter(counter: Any) -> dict[str, int]:

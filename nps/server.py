@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
@@ -202,6 +202,9 @@ class NpsServer(MultiService):
         self._revision = -1
         self._ephemeral_ids = itertools.count(-1, -1)
         self._secrets: dict[str, int] = {}
+        #: The UDP p2p rendezvous (when nps.conf sets p2p_port).
+        self.rendezvous: Any = None
+        self._p2p_port: Any = None
         self._bridge_port: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
@@ -219,14 +222,6 @@ class NpsServer(MultiService):
         # Prometheus metrics and the pprof_ip/pprof_port debug listener (nps.metrics, nps.debug).
         self.stats = ServerStats(self)
         attach_server_debug(self)
-        #: Called with (session, online) when an npc comes or goes (the web admin's live page).
-        self.session_observers: list[Callable[[ClientSession, bool], None]] = []
-        #: Per client, persisted bytes not in client_counters, for flow_limit (nps.admin.traffic).
-        self.flow_base: dict[int, int] = {}
-        self.traffic: Any = None
-        # Traffic counters flushed to the store; the web admin on web_port (nps.admin).
-        from nps.admin.service import attach_admin
-        self.admin = attach_admin(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -252,6 +247,7 @@ class NpsServer(MultiService):
         address = self._bridge_port.getHost()
         self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
                       host=address.host, port=address.port, v=__version__)
+        self._listen_p2p()
         self._initial = snapshot
         super().privilegedStartService()
 
@@ -269,6 +265,9 @@ class NpsServer(MultiService):
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
+        if self._p2p_port is not None:
+            yield self._p2p_port.stopListening()
+            self._p2p_port = None
         for tunnel_id in list(self.tunnels):
             yield self._close_tunnel(tunnel_id)
         yield self._drain()
@@ -383,7 +382,6 @@ class NpsServer(MultiService):
         else:
             self.store.call("set_client_online", session.client_id, True,
                             remote_addr=session.remote, version=session.version).addErrback(self._store_failed)
-        self._notify_observers(session, True)
 
     def session_ended(self, session: ClientSession) -> None:
         if session.register_only:
@@ -396,10 +394,11 @@ class NpsServer(MultiService):
             else:
                 self.store.call("set_client_online", session.client_id, False,
                                 remote_addr=session.remote).addErrback(self._store_failed)
-            self._notify_observers(session, False)
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
+        if self.rendezvous is not None:
+            self.rendezvous.session_ended(session)
         counter = self.client_counters.get(session.client_id, TrafficCounter())
         self.log.info("client {id} offline ({reason}); traffic so far: {n} connections, "
                       "{bytes_in} bytes in, {bytes_out} bytes out", id=session.client_id, reason=reason,
@@ -412,17 +411,9 @@ class NpsServer(MultiService):
                         remote_addr=session.remote, version=session.version,
                         tunnels=open_tunnels).addErrback(self._store_failed)
 
-    def _notify_observers(self, session: ClientSession, online: bool) -> None:
-        for observer in list(self.session_observers):
-            try:
-                observer(session, online)
-            except Exception:
-                self.log.failure("session observer failed")
-
     def _drop_session(self, session: ClientSession, code: GoAwayCode, reason: str) -> None:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-            self._notify_observers(session, False)
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
@@ -447,6 +438,8 @@ class NpsServer(MultiService):
             self._register_tunnels(session, message.get("tunnels"))
         elif kind == "register_ip":
             self._register_ip_message(session, message.get("hours"))
+        elif isinstance(kind, str) and kind.startswith("p2p_"):
+            self._p2p_control(session, message)
         elif kind != "goaway":
             self.log.info("client {id}: ignoring control message {kind!r}", id=session.client_id, kind=kind)
 
@@ -511,9 +504,9 @@ class NpsServer(MultiService):
         deny = tunnel.options.get(DENY_OPTION, "")
         if deny:
             parse_deny_list(deny)  # ValueError names the bad entry
-        if tunnel.mode == "secret":
+        if tunnel.mode in ("secret", "p2p"):
             if not tunnel.password or not tunnel.targets:
-                raise ValueError("a secret tunnel needs password= and target_addr=")
+                raise ValueError(f"a {tunnel.mode} tunnel needs password= and target_addr=")
             return
         if tunnel.mode not in self.modes:
             raise ValueError(f"mode {tunnel.mode!r} is not supported by this server "
@@ -537,7 +530,7 @@ class NpsServer(MultiService):
 
     def _open_tunnel(self, tunnel: Tunnel) -> Deferred[str | None]:
         """Start listening for C{tunnel}; fires with None or an error message."""
-        if tunnel.mode == "secret":
+        if tunnel.mode in ("secret", "p2p"):
             return succeed(self._register_secret(tunnel))
         mode = self.modes.get(tunnel.mode)
         if mode is None:
@@ -611,7 +604,7 @@ class NpsServer(MultiService):
         if not flow_limit:
             return ""
         counter = self.client_counters.setdefault(client_id, TrafficCounter())
-        if counter.bytes_in + counter.bytes_out + self.flow_base.get(client_id, 0) >= flow_limit * 1024 * 1024:
+        if counter.bytes_in + counter.bytes_out >= flow_limit * 1024 * 1024:
             return f"flow_limit of {flow_limit} MB used up"
         return ""
 
@@ -765,9 +758,42 @@ class NpsServer(MultiService):
         running = RunningTunnel(tunnel, port=_SecretHandle())
         self.tunnels[tunnel.id] = running
         self._secrets[key] = tunnel.id
-        self.log.info("tunnel {id} ({remark}): secret -> client {client} {targets}", id=tunnel.id,
-                      remark=tunnel.remark, client=tunnel.client_id, targets=",".join(tunnel.targets))
+        self.log.info("tunnel {id} ({remark}): {mode} -> client {client} {targets}", id=tunnel.id,
+                      remark=tunnel.remark, mode=tunnel.mode, client=tunnel.client_id,
+                      targets=",".join(tunnel.targets))
+        if tunnel.mode == "p2p" and not self.config.p2p_port:
+            self.log.warn("tunnel {id} ({remark}): p2p_port is not set in nps.conf: its visitors relay "
+                          "through the server", id=tunnel.id, remark=tunnel.remark)
         return None
+
+    def secret_tunnel(self, password: str) -> RunningTunnel | None:
+        """The running secret or p2p tunnel with this password, if any."""
+        tunnel_id = self._secrets.get(_secret_key(password))
+        return self.tunnels.get(tunnel_id) if tunnel_id is not None else None
+
+    # -- p2p: UDP rendezvous (nps.p2p.rendezvous) ------------------------------------------
+
+    def _listen_p2p(self) -> None:
+        """Open the UDP p2p_port (when set) where npcs register their addresses for hole punching."""
+        from nps.p2p.rendezvous import Rendezvous
+
+        public = self.config.p2p_ip if self.config.p2p_ip not in ("", "0.0.0.0", "::") else ""
+        rendezvous = Rendezvous(self, self.reactor, public)
+        self.rendezvous = rendezvous
+        if not self.config.p2p_port:
+            return  # visitors are told to relay; their path reports are still logged
+        try:
+            self._p2p_port = self.reactor.listenUDP(self.config.p2p_port, rendezvous,
+                                                    interface=self.config.bridge_ip or "")
+        except CannotListenError as e:
+            raise SystemExit(f"nps: cannot listen on p2p UDP port {self.config.p2p_port}: {e.socketError}") from None
+        rendezvous.port = self._p2p_port.getHost().port
+        self.log.info("p2p rendezvous listening on UDP {host}:{port}", host=self._p2p_port.getHost().host,
+                      port=rendezvous.port)
+
+    def _p2p_control(self, session: ClientSession, message: dict[str, Any]) -> None:
+        if self.rendezvous is not None:
+            self.rendezvous.control(session, message)
 
     def stream_from_client(self, session: ClientSession, stream: Any) -> None:
         """A client opened a stream: a secret visitor asking for a tunnel by its password."""
@@ -784,9 +810,12 @@ class NpsServer(MultiService):
             mux.refuse_stream(stream, "wrong password (no such secret tunnel)")
             return
         tunnel = running.tunnel
-        remote = f"secret visitor {session.remote}"
+        remote = f"{tunnel.mode} visitor {session.remote}"
+        target = link.get("target") or tunnel.targets[0]
+        if tunnel.mode != "p2p" or target not in tunnel.targets:
+            target = tunnel.targets[0]  # a secret tunnel's visitor cannot choose
         visitor_side = Relay()
-        d = self.opener_for(running)({"mode": "tcp", "target": tunnel.targets[0], "remote": remote,
+        d = self.opener_for(running)({"mode": "tcp", "target": target, "remote": remote,
                                       "tunnel": tunnel.id}).connect(RelayFactory(visitor_side))
 
         def provider_ready(_: Any) -> None:

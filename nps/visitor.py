@@ -26,6 +26,8 @@ class Visitor:
     local_ip: str = "127.0.0.1"
     kind: str = "secret"
     name: str = "secret"
+    #: p2p only: the provider-side C{host:port} to reach (empty: the tunnel's first target).
+    target: str = ""
 
 
 class VisitorProtocol(Relay):
@@ -37,23 +39,35 @@ class VisitorProtocol(Relay):
     def connectionMade(self) -> None:
         super().connectionMade()
         visitor = self.factory.visitor
-        current = self.factory.service.current
-        mux = current.mux if current is not None else None
-        if mux is None:
-            self.log.warn("secret {name}: not connected to the server; closing the local connection",
-                          name=visitor.name)
-            self.transport.loseConnection()
-            return
-        peer = self.transport.getPeer()
-        stream = mux.start_stream({"mode": "secret", "password": visitor.password,
-                                   "remote": format_host_port(peer.host, peer.port)})
-        assert stream.opened is not None
-        stream.opened.addErrback(self._refused)
-        stream.attach(RelayFactory(self).buildProtocol(None))
+        service = self.factory.service
+        if visitor.kind == "p2p":
+            service.p2p.link_for(visitor).open(self)
+        else:
+            relay_through_server(service, visitor, self)
 
-    def _refused(self, failure: Failure) -> None:
-        self.log.warn("secret {name}: the server refused the visit: {reason}",
-                      name=self.factory.visitor.name, reason=failure.getErrorMessage())
+
+def relay_through_server(service: "NpcService", visitor: Visitor, local: Relay, target: str = "") -> None:
+    """Carry local connection C{local} to the secret/p2p tunnel through the server (secret relay)."""
+    current = service.current
+    mux = current.mux if current is not None else None
+    if mux is None:
+        VisitorProtocol.log.warn("{kind} {name}: not connected to the server; closing the local connection",
+                                 kind=visitor.kind, name=visitor.name)
+        local.transport.loseConnection()
+        return
+    peer = local.transport.getPeer()
+    link = {"mode": "secret", "password": visitor.password, "remote": format_host_port(peer.host, peer.port)}
+    if target:
+        link["target"] = target
+    stream = mux.start_stream(link)
+    assert stream.opened is not None
+
+    def refused(failure: Failure) -> None:
+        VisitorProtocol.log.warn("{kind} {name}: the server refused the visit: {reason}", kind=visitor.kind,
+                                 name=visitor.name, reason=failure.getErrorMessage())
+
+    stream.opened.addErrback(refused)
+    stream.attach(RelayFactory(local).buildProtocol(None))
 
 
 class VisitorFactory(Factory):

@@ -99,6 +99,7 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
 SERVER_BUILT = {
+    "p2p_port",
     "flow_store_interval",
     "web_username",
     "web_password",
@@ -967,8 +968,6 @@ target_addr=22
     assert [h.name for h in c.hosts] == ["web"]
     assert set(c.unsupported) == {
         "[health_web]",
-        "[p2p_ssh]",
-        "[p2p_provider]",
         "[web]",
     }
 
@@ -1015,12 +1014,12 @@ def test_tunnel_mode_spelling(mode: str, canonical: str) -> None:
 
 def test_unsupported_mode_warns() -> None:
     """
-    NPS modes that are not built yet are accepted with a "not supported yet" warning; built ones are not.
+    Built modes (p2p included) give no "not supported yet" warning.
     """
     c = client(COMMON + "[p2p_ssh_provider]\nmode=p2p\npassword=k\n"
                "[dns]\nmode=udp\nserver_port=12253\ntarget_addr=114.114.114.114:53\n")
-    assert c.unsupported == ("[p2p_ssh_provider]",)
-    assert c.warnings == ("npc.conf:5: [p2p_ssh_provider] mode 'p2p' not supported yet",)
+    assert c.unsupported == ()
+    assert c.warnings == ()
 
 
 def test_tunnel_targets() -> None:
@@ -1280,7 +1279,6 @@ def test_visitor_sections() -> None:
         ("[secret_a]\npassword=x\n", "local_port"),
         ("[secret_a]\nlocal_port=0\npassword=x\n", "local_port"),
         ("[secret_a]\nlocal_port=1\n", "password"),
-        ("[p2p_a]\nlocal_port=1\npassword=x\n", "target_addr"),
         ("[p2p_a]\nlocal_port=1\npassword=x\ntarget_addr=h\n", "target_addr"),
         ("[secret_a]\nlocal_port=1\npassword=x\nlocal_ip=h\n", "local_ip"),
     ],

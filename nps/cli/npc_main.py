@@ -20,7 +20,7 @@ NOT_YET = {"update": "self-update", "nat": "NAT type detection"}
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
 SERVICE_VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "reload")
 #: NPS flags we accept and ignore (documented as such).
-IGNORED = ("log", "debug", "pprof", "stun_addr", "time", "proxy", "target")
+IGNORED = ("log", "debug", "pprof", "stun_addr", "time", "proxy")
 #: Flags main() handles itself (not options of the npc service).
 LOGGING_FLAGS = ("log_level", "log_path", "log_format")
 

@@ -81,8 +81,9 @@ class Options(usage.Options):
         ["type", "t", "tcp", "Bridge transport: tcp (kcp not supported yet)."],
         ["disconnect_timeout", None, None, "Ping-miss threshold in 5 s ticks (default 60)."],
         ["remark", None, "", "A name for this client, shown in the server's logs."],
-        ["password", None, None, "Visitor mode: the secret tunnel's password."],
-        ["local_type", None, "secret", "Visitor mode: secret (p2p not supported yet)."],
+        ["password", None, None, "Visitor mode: the secret or p2p tunnel's password."],
+        ["local_type", None, "secret", "Visitor mode: secret (through the server) or p2p (direct, relay fallback)."],
+        ["target", None, "", "p2p visitor: host:port on the provider's network (default: its first target)."],
         ["local_port", None, "2000", "Visitor mode: local port to listen on (127.0.0.1)."],
         ["local_ip", None, "127.0.0.1", "Visitor mode: local address to listen on."],
     ]
@@ -139,20 +140,23 @@ class Options(usage.Options):
         """Secret visitors from -password/-local_port, or from npc.conf's visitor sections."""
         visitors = []
         if self["password"]:
-            if self["local_type"] != "secret":
-                raise usage.UsageError(f"-local_type={self['local_type']}: only secret visitors are supported yet")
+            if self["local_type"] not in ("secret", "p2p"):
+                raise usage.UsageError(f"-local_type={self['local_type']}: expected secret or p2p "
+                                       "(p2ps and p2pt are not supported yet)")
+            if self["target"] and self["local_type"] != "p2p":
+                raise usage.UsageError("-target is for -local_type=p2p visitors")
             try:
                 port = int(self["local_port"])
                 if not 0 < port < 65536:
                     raise ValueError
             except ValueError:
                 raise usage.UsageError(f"-local_port={self['local_port']!r} is not a port number") from None
-            visitors.append(Visitor(self["password"], port, self["local_ip"]))
+            visitors.append(Visitor(self["password"], port, self["local_ip"], kind=self["local_type"],
+                                    name=self["local_type"], target=self["target"] or ""))
         if config_path is not None and self._config is not None:
             for section in self._config.visitors:
-                if section.kind == "secret":
-                    visitors.append(Visitor(section.password, section.local_port, section.local_ip,
-                                            name=section.name))
+                visitors.append(Visitor(section.password, section.local_port, section.local_ip,
+                                        kind=section.kind, name=section.name, target=section.target_addr))
         return tuple(visitors)
 
     _config: ClientConfig | None = None
