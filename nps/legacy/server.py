@@ -299,6 +299,8 @@ class LegacyRegistry:
         remark = record.remark if record is not None else (client.remark or "public")
         session = ClientSession(client.client_id, remark, handle, handle.peer,  # type: ignore[arg-type]
                                 (version or "?")[:48] + VERSION_MARK, public=client.client_id < 0)
+        session.crypt = client.crypt or bool(record is not None and record.crypt)
+        session.compress = client.compress or bool(record is not None and record.compress)
         session.config_tunnels.extend(t for t in client.tunnels if t in server.tunnels)
         client.tunnels.clear()
         if client.expiry is not None and client.expiry.active():
