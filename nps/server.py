@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.application.service import MultiService
@@ -222,6 +222,14 @@ class NpsServer(MultiService):
         # Prometheus metrics and the pprof_ip/pprof_port debug listener (nps.metrics, nps.debug).
         self.stats = ServerStats(self)
         attach_server_debug(self)
+        #: Called with (session, online) when an npc comes or goes (the web admin's live page).
+        self.session_observers: list[Callable[[ClientSession, bool], None]] = []
+        #: Per client, persisted bytes not in client_counters, for flow_limit (nps.admin.traffic).
+        self.flow_base: dict[int, int] = {}
+        self.traffic: Any = None
+        # Traffic counters flushed to the store; the web admin on web_port (nps.admin).
+        from nps.admin.service import attach_admin
+        self.admin = attach_admin(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -382,6 +390,7 @@ class NpsServer(MultiService):
         else:
             self.store.call("set_client_online", session.client_id, True,
                             remote_addr=session.remote, version=session.version).addErrback(self._store_failed)
+        self._notify_observers(session, True)
 
     def session_ended(self, session: ClientSession) -> None:
         if session.register_only:
@@ -394,6 +403,7 @@ class NpsServer(MultiService):
             else:
                 self.store.call("set_client_online", session.client_id, False,
                                 remote_addr=session.remote).addErrback(self._store_failed)
+            self._notify_observers(session, False)
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
@@ -411,9 +421,17 @@ class NpsServer(MultiService):
                         remote_addr=session.remote, version=session.version,
                         tunnels=open_tunnels).addErrback(self._store_failed)
 
+    def _notify_observers(self, session: ClientSession, online: bool) -> None:
+        for observer in list(self.session_observers):
+            try:
+                observer(session, online)
+            except Exception:
+                self.log.failure("session observer failed")
+
     def _drop_session(self, session: ClientSession, code: GoAwayCode, reason: str) -> None:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            self._notify_observers(session, False)
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
@@ -604,7 +622,7 @@ class NpsServer(MultiService):
         if not flow_limit:
             return ""
         counter = self.client_counters.setdefault(client_id, TrafficCounter())
-        if counter.bytes_in + counter.bytes_out >= flow_limit * 1024 * 1024:
+        if counter.bytes_in + counter.bytes_out + self.flow_base.get(client_id, 0) >= flow_limit * 1024 * 1024:
             return f"flow_limit of {flow_limit} MB used up"
         return ""
 
