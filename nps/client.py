@@ -20,6 +20,7 @@ from nps.metrics import ClientStats
 from nps.model import Tunnel, describe_link
 from nps.mux import MuxStream
 from nps.streamcodec import CodecError, CodecProtocol, codec_for
+from nps.tlsbridge import TlsClient
 from nps.p2p.peer import P2PClient
 from nps.visitor import Visitor, listen_visitor
 
@@ -54,6 +55,7 @@ class NpcService(MultiService):
         visitors: Sequence[Visitor] = (),
         crypt: bool = False,
         compress: bool = False,
+        tls: TlsClient | None = None,
         limits: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
@@ -66,6 +68,8 @@ class NpcService(MultiService):
         #: npc.conf [common] crypt/compress: ask the server to encrypt/compress every stream.
         self.crypt = crypt
         self.compress = compress
+        #: conn_type=tls: how to dial the bridge (nps.tlsbridge); None for plain TCP.
+        self.tls = tls
         self.auto_reconnect = auto_reconnect
         self.idle_timeout = max(disconnect_timeout, 1) * PING_INTERVAL
         self._on_fatal = on_fatal
@@ -128,8 +132,12 @@ class NpcService(MultiService):
         self._retry_call = None
         if not self.running:
             return
-        d = connect_tcp(self.reactor, self._server_host, self._server_port, self._factory,
-                        timeout=CONNECT_TIMEOUT)
+        if self.tls is not None:
+            d = self.tls.connect(self.reactor, self._server_host, self._server_port, self._factory,
+                                 CONNECT_TIMEOUT)
+        else:
+            d = connect_tcp(self.reactor, self._server_host, self._server_port, self._factory,
+                            timeout=CONNECT_TIMEOUT)
         self._attempt = d
 
         def connected(protocol: BridgeClientProtocol) -> Any:
@@ -159,6 +167,8 @@ class NpcService(MultiService):
             self.stats.reconnected()
         self.connected_once = True
         self._failures = 0
+        if self.tls is not None:
+            self.tls.authenticated()  # the server proved the vkey: pin its certificate on first use
         self.current = protocol
         welcome = protocol.welcome
         self.log.info("connected to server {server} as client {id} (server {version})",
@@ -177,6 +187,11 @@ class NpcService(MultiService):
         error = failure.value
         if isinstance(error, BridgeRefused):
             message = str(error)
+            mismatch = self.tls.take_mismatch() if self.tls is not None else None
+            if mismatch is not None:
+                self.log.critical("{message}", message=mismatch)
+                self._pending_fatal = (1, f"refusing the server's TLS certificate: {mismatch}")
+                return None
             self.log.error("server {server} refused the connection: {message}", server=self.server, message=message)
             if not self.connected_once and ("refused us" in message or "protocol version" in message
                                             or "prove" in message):

@@ -571,6 +571,11 @@ class ServerConfig:
     bridge_type: str = "tcp"
     public_vkey: str = ""
     disconnect_timeout: int = 60
+    #: TLS bridge (nps.tlsbridge): a TLS listener beside the plain one, and the bridge's certificate.
+    tls_enable: bool = False
+    tls_bridge_port: int = 8025
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # our additions
     #: Accept NPS 0.26 npc clients (md5 vkey, plaintext handshake) on the bridge port.
     legacy_bridge: bool = False
@@ -646,7 +651,11 @@ _SERVER_KEYS: dict[str, _Key] = {
     "runmode": _Key(_to_str, True),
     "bridge_ip": _Key(_to_ip, True),
     "bridge_port": _Key(_to_port, True),
-    "bridge_type": _Key(_choice_converter("tcp", "kcp"), True),
+    "bridge_type": _Key(_choice_converter("tcp", "kcp", "tls"), True),
+    "tls_enable": _Key(_to_bool, True),
+    "tls_bridge_port": _Key(_to_port, True),
+    "tls_cert_file": _Key(_to_str, True),
+    "tls_key_file": _Key(_to_str, True),
     "public_vkey": _Key(_to_str, True),
     "disconnect_timeout": _Key(_int_converter(1), True),
     "legacy_bridge": _Key(_to_bool, True),
@@ -757,7 +766,7 @@ def parse_server_config(text: str, path: str) -> ServerConfig:
         if key == "data_dir":
             converted = os.path.normpath(os.path.join(os.path.dirname(path) or ".", converted))
         values[key] = converted
-        if key == "bridge_type" and converted != "tcp":
+        if key == "bridge_type" and converted not in ("tcp", "tls"):
             unsupported.append(key)
             notes.append(
                 (number, f"{path}:{number}: bridge_type {converted!r} is accepted but not supported yet (using it fails at start)")
@@ -852,12 +861,16 @@ class CommonConfig:
     proxy_url: str = ""
     pprof_addr: str = ""
     disconnect_timeout: int = 60
+    #: conn_type=tls (nps.tlsbridge): CA file and name to verify, else the trust-on-first-use file.
+    tls_ca: str = ""
+    tls_server_name: str = ""
+    tls_known_servers: str = ""
 
 
 _COMMON_KEYS: dict[str, _Key] = {
     "server_addr": _Key(_to_address, True),
     "vkey": _Key(_to_str, True),
-    "conn_type": _Key(_choice_converter("tcp", "kcp"), True),
+    "conn_type": _Key(_choice_converter("tcp", "kcp", "tls"), True),
     "auto_reconnection": _Key(_to_bool, True),
     "basic_username": _Key(_to_str, True),
     "basic_password": _Key(_to_str, True),
@@ -872,6 +885,9 @@ _COMMON_KEYS: dict[str, _Key] = {
     "proxy_url": _Key(_to_proxy_url, False),
     "pprof_addr": _Key(_to_address, True),
     "disconnect_timeout": _Key(_int_converter(1), True),
+    "tls_ca": _Key(_to_str, True),
+    "tls_server_name": _Key(_to_str, True),
+    "tls_known_servers": _Key(_to_str, True),
 }
 _COMMON_DEFAULTS = CommonConfig()
 
@@ -1242,7 +1258,7 @@ def _build_common(reader: _Reader, unsupported: list[str]) -> CommonConfig:
             continue
         converted = _convert_or_raise(reader, key, spec.convert)
         values[key] = converted
-        if key == "conn_type" and converted != "tcp":
+        if key == "conn_type" and converted not in ("tcp", "tls"):
             unsupported.append(key)
             reader.warn(line, f"conn_type {converted!r} is accepted but not supported yet")
         elif not spec.built and converted != getattr(_COMMON_DEFAULTS, key):

@@ -32,6 +32,7 @@ from nps.protocols.handshake import key_id
 from nps.ratelimit import LimitedStream, RateLimiter
 from nps.stats import TrafficCounter
 from nps.streamcodec import CodecError, session_link, wrap_protocol
+from nps.tlsbridge import listen_extra_tls, tls_factory
 from nps.store import AsyncStore, Snapshot, Store
 
 PING_INTERVAL = 5.0
@@ -206,6 +207,7 @@ class NpsServer(MultiService):
         self.rendezvous: Any = None
         self._p2p_port: Any = None
         self._bridge_port: Any = None
+        self._tls_port: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
         #: Seconds a stopping server waits for open connections to finish.
@@ -246,7 +248,7 @@ class NpsServer(MultiService):
         factory = BridgeServerFactory(self, self.reactor)
         try:
             self._bridge_port = self.reactor.listenTCP(
-                self.config.bridge_port, factory, interface=self.config.bridge_ip
+                self.config.bridge_port, tls_factory(self.config, factory), interface=self.config.bridge_ip
             )
         except CannotListenError as e:
             # SystemExit: twistd and our console script both print just this line.
@@ -255,6 +257,7 @@ class NpsServer(MultiService):
         address = self._bridge_port.getHost()
         self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
                       host=address.host, port=address.port, v=__version__)
+        self._tls_port = listen_extra_tls(self.reactor, self.config, factory)
         self._listen_p2p()
         self._initial = snapshot
         super().privilegedStartService()
@@ -273,6 +276,8 @@ class NpsServer(MultiService):
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
+        if self._tls_port is not None:
+            yield self._tls_port.stopListening()
         if self._p2p_port is not None:
             yield self._p2p_port.stopListening()
             self._p2p_port = None

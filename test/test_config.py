@@ -94,11 +94,19 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
     "disconnect_timeout": ("12", 12),
     "data_dir": ("/srv/nps", "/srv/nps"),
     "public_addr": ("tunnel.example.com:8024", "tunnel.example.com:8024"),
+    "tls_enable": ("true", True),
+    "tls_bridge_port": ("8025", 8025),
+    "tls_cert_file": ("/etc/nps/bridge.pem", "/etc/nps/bridge.pem"),
+    "tls_key_file": ("/etc/nps/bridge.key", "/etc/nps/bridge.key"),
     "deny_ips": ("10.0.0.0/8, 192.0.2.7", (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"))),
 }
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
 SERVER_BUILT = {
+    "tls_enable",
+    "tls_bridge_port",
+    "tls_cert_file",
+    "tls_key_file",
     "p2p_port",
     "flow_store_interval",
     "web_username",
@@ -393,7 +401,7 @@ def test_server_duplicate_bad_value_earlier_is_ignored() -> None:
         ("log_level=debug", 1, "log_level", "not an integer: 'debug' (expected an integer 0-7)"),
         ("disconnect_timeout=0", 1, "disconnect_timeout", "out of range: '0' (expected an integer >= 1)"),
         ("flow_store_interval=1.5", 1, "flow_store_interval", "not an integer: '1.5' (expected an integer >= 0)"),
-        ("bridge_type=udp", 1, "bridge_type", "unknown value 'udp' (expected one of tcp, kcp)"),
+        ("bridge_type=udp", 1, "bridge_type", "unknown value 'udp' (expected one of tcp, kcp, tls)"),
         ("bridge_ip=localhost", 1, "bridge_ip", "not an IP address: 'localhost'"),
         ("web_ip=1.2.3", 1, "web_ip", "not an IP address: '1.2.3'"),
         ("allow_ports=9001-abc", 1, "allow_ports", None),
@@ -599,6 +607,9 @@ remark=office
 proxy_url=socks5://u:p@10.0.0.1:1080
 pprof_addr=127.0.0.1:9999
 disconnect_timeout=30
+tls_ca=/etc/npc/ca.pem
+tls_server_name=nps.example.com
+tls_known_servers=/var/lib/npc/known_servers
 """
     c = client(text)
     assert c.common == CommonConfig(
@@ -619,6 +630,9 @@ disconnect_timeout=30
         proxy_url="socks5://u:p@10.0.0.1:1080",
         pprof_addr="127.0.0.1:9999",
         disconnect_timeout=30,
+        tls_ca="/etc/npc/ca.pem",
+        tls_server_name="nps.example.com",
+        tls_known_servers="/var/lib/npc/known_servers",
     )
     assert set(c.unsupported) == {
         "web_username",

@@ -14,7 +14,7 @@ from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 GO_FLAGS = (
     "server", "vkey", "type", "config", "proxy", "log", "log_level", "log_path", "log_format", "debug", "password",
     "local_type", "local_port", "local_ip", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
-    "remark",
+    "remark", "tls_ca", "tls_server_name", "tls_known_servers",
 )
 NOT_YET = {"update": "self-update", "nat": "NAT type detection"}
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).

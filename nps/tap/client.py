@@ -13,6 +13,7 @@ from twisted.python import usage
 from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
 from nps.access import DENY_OPTION
 from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
+from nps.tlsbridge import TlsSetupError, apply_client_flags, client_tls
 from nps.model import Tunnel
 from nps.visitor import Visitor
 
@@ -78,7 +79,10 @@ class Options(usage.Options):
         ["config", "c", None, "Path to npc.conf (config-file mode)."],
         ["server", "s", None, "Server bridge address HOST:PORT (no-config mode; env NPC_SERVER_ADDR)."],
         ["vkey", "k", None, "Client key (env NPC_SERVER_VKEY)."],
-        ["type", "t", "tcp", "Bridge transport: tcp (kcp not supported yet)."],
+        ["type", "t", None, "Bridge transport: tcp or tls (default: npc.conf's conn_type, else tcp)."],
+        ["tls_ca", None, None, "-type=tls: verify the server against this CA file (else pin on first use)."],
+        ["tls_server_name", None, None, "-type=tls with -tls_ca: the name the certificate must carry."],
+        ["tls_known_servers", None, None, "-type=tls: trust-on-first-use file (default ~/.config/npc/known_servers)."],
         ["disconnect_timeout", None, None, "Ping-miss threshold in 5 s ticks (default 60)."],
         ["remark", None, "", "A name for this client, shown in the server's logs."],
         ["password", None, None, "Visitor mode: the secret or p2p tunnel's password."],
@@ -98,7 +102,7 @@ class Options(usage.Options):
         server = self["server"] or os.environ.get("NPC_SERVER_ADDR", "")
         vkey = self["vkey"] or os.environ.get("NPC_SERVER_VKEY", "")
         warnings: list[str] = []
-        if self["type"] != "tcp":
+        if self["type"] not in (None, "tcp", "tls"):
             warnings.append(f"bridge type {self['type']!r} is not supported yet; using tcp")
         config_path = self["config"]
         if not (server and vkey) and not config_path and os.path.exists("conf/npc.conf"):
@@ -124,6 +128,11 @@ class Options(usage.Options):
                 raise usage.UsageError("-disconnect_timeout must be a whole number") from None
         if self["remark"]:
             common = attrs.evolve(common, remark=self["remark"])
+        try:
+            common = apply_client_flags(common, self["type"], self["tls_ca"], self["tls_server_name"],
+                                        self["tls_known_servers"])
+        except TlsSetupError as e:
+            raise usage.UsageError(str(e)) from None
         where = config_path or "command line"
         if not server:
             raise usage.UsageError(f"{where}: no server address (give -server=HOST:PORT or server_addr=)")
@@ -195,6 +204,7 @@ def makeService(options: Options, reactor: Any = None,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
                       crypt=common.crypt, compress=common.compress,
+                      tls=client_tls(settings.server_host, settings.server_port, common),
                       visitors=settings.visitors,
                       limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
                               if getattr(common, key)})
