@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log lines as text (default) or JSON lines")
     sub = parser.add_subparsers(dest="command")
     admin.add_arguments(sub)
+    from nps.admin import cli as admin_cli
+
+    admin_cli.add_arguments(sub)
     for verb in SERVICE_VERBS:
         if verb == "update":
             sub.add_parser(verb, help="self-update (not supported yet: use pip)")
@@ -112,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"nps: {e}", file=sys.stderr)
         return 1
+    if args.command in ("admin", "import"):
+        from nps.admin import cli as admin_cli
+        from nps.store import Store, StoreError
+
+        try:
+            store = Store(config.data_dir)
+        except (StoreError, OSError) as e:
+            print(f"nps: cannot open the store in {config.data_dir}: {e}", file=sys.stderr)
+            return 1
+        try:
+            return admin_cli.run(args, store, config, sys.stdout)
+        finally:
+            store.close()
     if args.command in ("client", "tunnel"):
         from nps.cli import admin
         from nps.store import Store, StoreError
