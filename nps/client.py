@@ -17,7 +17,9 @@ from nps.connect import connect_tcp
 from nps.bridge.client import BridgeClientFactory, BridgeClientProtocol, BridgeRefused
 from nps.debug import attach_client_debug
 from nps.metrics import ClientStats
-from nps.model import Tunnel, describe_link
+from nps.config import HealthSection
+from nps.health import HealthChecker
+from nps.model import Host, Tunnel, describe_link
 from nps.mux import MuxStream
 from nps.streamcodec import CodecError, CodecProtocol, codec_for
 from nps.tlsbridge import TlsClient
@@ -53,6 +55,8 @@ class NpcService(MultiService):
         debug_addr: str = "",
         reload_tunnels: Callable[[], Sequence[Tunnel]] | None = None,
         visitors: Sequence[Visitor] = (),
+        hosts: Sequence[Host] = (),
+        health: Sequence[HealthSection] = (),
         crypt: bool = False,
         compress: bool = False,
         tls: TlsClient | None = None,
@@ -64,6 +68,12 @@ class NpcService(MultiService):
         self.vkey = vkey
         self.modes = modes
         self.tunnels = list(tunnels)
+        #: npc.conf domain sections, routed by the server's vhost listeners.
+        self.hosts = list(hosts)
+        #: npc.conf [health...] sections: checked here, reported to the server (nps.health).
+        self.health_checkers = [HealthChecker(reactor, section, self._health_changed) for section in health]
+        for checker in self.health_checkers:
+            checker.setServiceParent(self)
         self.remark = remark
         #: npc.conf [common] crypt/compress: ask the server to encrypt/compress every stream.
         self.crypt = crypt
@@ -173,12 +183,23 @@ class NpcService(MultiService):
         welcome = protocol.welcome
         self.log.info("connected to server {server} as client {id} (server {version})",
                       server=self.server, id=welcome.get("client_id"), version=welcome.get("server_version"))
-        if self.tunnels and protocol.mux is not None:
+        if (self.tunnels or self.hosts) and protocol.mux is not None:
             protocol.mux.send_control(self._register_message())
+        if protocol.mux is not None:
+            for checker in self.health_checkers:
+                for target in sorted(checker.down):
+                    protocol.mux.send_control({"type": "health", "target": target, "up": False})
         return protocol
+
+    def _health_changed(self, target: str, up: bool) -> None:
+        """A health check changed state: tell the server (it moves the target in or out of rotation)."""
+        if self.current is not None and self.current.mux is not None:
+            self.current.mux.send_control({"type": "health", "target": target, "up": up})
 
     def _register_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"type": "register", "tunnels": [t.to_wire() for t in self.tunnels]}
+        if self.hosts:
+            message["hosts"] = [h.to_wire() for h in self.hosts]
         if self.limits:
             message["limits"] = self.limits
         return message

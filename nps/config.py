@@ -669,15 +669,15 @@ _SERVER_KEYS: dict[str, _Key] = {
     "deny_ips": _Key(parse_deny_list, True),
     "p2p_ip": _Key(_to_str, True),
     "p2p_port": _Key(_optional_port_converter(65533), True),
-    "http_proxy_ip": _Key(_to_ip, False),
-    "http_proxy_port": _Key(_optional_port_converter(), False),
-    "https_proxy_port": _Key(_optional_port_converter(), False),
-    "https_just_proxy": _Key(_to_bool, False),
-    "https_default_cert_file": _Key(_to_str, False),
-    "https_default_key_file": _Key(_to_str, False),
+    "http_proxy_ip": _Key(_to_ip, True),
+    "http_proxy_port": _Key(_optional_port_converter(), True),
+    "https_proxy_port": _Key(_optional_port_converter(), True),
+    "https_just_proxy": _Key(_to_bool, True),
+    "https_default_cert_file": _Key(_to_str, True),
+    "https_default_key_file": _Key(_to_str, True),
     "http_cache": _Key(_to_bool, False),
     "http_cache_length": _Key(_int_converter(0), False),
-    "http_add_origin_header": _Key(_to_bool, False),
+    "http_add_origin_header": _Key(_to_bool, True),
     "web_host": _Key(_to_str, False),
     "web_username": _Key(_to_str, True),
     "web_password": _Key(_to_str, True),
@@ -1364,7 +1364,7 @@ def _build_host(reader: _Reader, unsupported: list[str]) -> HostSection:
     Read a domain section (one with a C{host=} key).
 
     @param reader: the section.
-    @param unsupported: collects C{"[name]"} (domains are not built yet).
+    @param unsupported: unused (domains are built).
     @return: the domain.
     """
     name = reader.section.name
@@ -1380,8 +1380,6 @@ def _build_host(reader: _Reader, unsupported: list[str]) -> HostSection:
             if _HEADER_NAME.fullmatch(header) is None:
                 raise reader.error(key, f"not an HTTP header name: {header!r}")
             headers.append((header, value))
-    unsupported.append(f"[{name}]")
-    reader.warn(reader.section.line, "domain (host=) sections are accepted but not supported yet")
     return HostSection(
         name=name,
         line=reader.section.line,
@@ -1428,7 +1426,7 @@ def _build_health(reader: _Reader, unsupported: list[str]) -> HealthSection:
     Read a health check section.
 
     @param reader: the section.
-    @param unsupported: collects C{"[name]"} (health checks are not built yet).
+    @param unsupported: unused (health checks are built).
     @return: the health check.
     """
     name = reader.section.name
@@ -1436,8 +1434,6 @@ def _build_health(reader: _Reader, unsupported: list[str]) -> HealthSection:
     targets = reader.require("health_check_target", _to_targets, "host:port list to check")
     if not targets:
         raise reader.error("health_check_target", "no address in the list")
-    unsupported.append(f"[{name}]")
-    reader.warn(reader.section.line, "health check sections are accepted but not supported yet")
     return HealthSection(
         name=name,
         line=reader.section.line,

@@ -34,6 +34,7 @@ from nps.stats import TrafficCounter
 from nps.streamcodec import CodecError, session_link, wrap_protocol
 from nps.tlsbridge import listen_extra_tls, tls_factory
 from nps.store import AsyncStore, Snapshot, Store
+from nps.vhost.service import VhostService
 
 PING_INTERVAL = 5.0
 STORE_POLL_INTERVAL = 1.0
@@ -198,6 +199,9 @@ class NpsServer(MultiService):
         self.sessions: dict[int, ClientSession] = {}
         self.tunnels: dict[int, RunningTunnel] = {}
         self.client_counters: dict[int, TrafficCounter] = {}
+        #: The domain proxy (http_proxy_port/https_proxy_port; nps.vhost) and its traffic per host id.
+        self.vhosts = VhostService(self)
+        self.host_counters: dict[int, TrafficCounter] = self.vhosts.counters
         self._clients: dict[int, ClientRecord] = {}
         self._keys: dict[str, tuple[str, int | None]] = {}
         self._revision = -1
@@ -257,6 +261,7 @@ class NpsServer(MultiService):
         address = self._bridge_port.getHost()
         self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
                       host=address.host, port=address.port, v=__version__)
+        self.vhosts.listen()
         self._tls_port = listen_extra_tls(self.reactor, self.config, factory)
         self._listen_p2p()
         self._initial = snapshot
@@ -265,6 +270,7 @@ class NpsServer(MultiService):
     def startService(self) -> None:
         super().startService()
         self._sync_tunnels(self._initial)
+        self.vhosts.apply_snapshot(self._initial)
         self._revision = self._initial.revision
         self._poller.start(STORE_POLL_INTERVAL, now=False)
 
@@ -276,6 +282,7 @@ class NpsServer(MultiService):
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
+        yield self.vhosts.stop()
         if self._tls_port is not None:
             yield self._tls_port.stopListening()
         if self._p2p_port is not None:
@@ -412,6 +419,7 @@ class NpsServer(MultiService):
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
+        self.vhosts.session_gone(session)
         if self.rendezvous is not None:
             self.rendezvous.session_ended(session)
         counter = self.client_counters.get(session.client_id, TrafficCounter())
@@ -440,6 +448,7 @@ class NpsServer(MultiService):
         for tunnel_id in session.config_tunnels:
             self._close_tunnel(tunnel_id)
         session.config_tunnels.clear()
+        self.vhosts.session_gone(session)
         if session.mux is not None:
             session.mux.go_away(code, reason)
         else:
@@ -458,7 +467,9 @@ class NpsServer(MultiService):
             return
         if kind == "register":
             self._take_self_limits(session, message.get("limits"))
-            self._register_tunnels(session, message.get("tunnels"))
+            self._register_tunnels(session, message.get("tunnels"), message.get("hosts"))
+        elif kind == "health":
+            self.vhosts.health(session, message)
         elif kind == "register_ip":
             self._register_ip_message(session, message.get("hours"))
         elif isinstance(kind, str) and kind.startswith("p2p_"):
@@ -466,8 +477,8 @@ class NpsServer(MultiService):
         elif kind != "goaway":
             self.log.info("client {id}: ignoring control message {kind!r}", id=session.client_id, kind=kind)
 
-    def _register_tunnels(self, session: ClientSession, records: Any) -> None:
-        """Config-file mode: open the tunnels listed in the client's npc.conf."""
+    def _register_tunnels(self, session: ClientSession, records: Any, hosts: Any = None) -> None:
+        """Config-file mode: open the tunnels (and route the hosts) listed in the client's npc.conf."""
         if session.mux is None:
             return
         if not session.public and not self._clients[session.client_id].config_conn_allow:
@@ -504,6 +515,7 @@ class NpsServer(MultiService):
             to_open.append((tunnel, opened))
             pending.append(opened)
         session.config_tunnels[:] = kept
+        host_results = self.vhosts.register(session, hosts if hosts is not None else [])
         # Open the new ones once the removed ones have let go of their ports.
         closing = [self._close_tunnel(tunnel_id) for tunnel_id in current.values()]
 
@@ -515,7 +527,7 @@ class NpsServer(MultiService):
 
         def report(errors: list[str | None]) -> None:
             results = [{"remark": remark, "ok": error is None, "error": error or ""}
-                       for remark, error in zip(remarks, errors)]
+                       for remark, error in zip(remarks, errors)] + host_results
             if session.mux is not None:
                 session.mux.send_control({"type": "registered", "results": results})
             if session.public and self.sessions.get(session.client_id) is session:
@@ -912,6 +924,7 @@ class NpsServer(MultiService):
                 self._revision = snapshot.revision
                 self._apply_clients(snapshot)
                 self._sync_tunnels(snapshot)
+                self.vhosts.apply_snapshot(snapshot)
 
             self._sync = self.store.call("revision").addCallback(check).addErrback(self._store_failed)
             self._sync.addBoth(self._sync_done)

@@ -36,7 +36,7 @@ from nps.store import KNOWN_MODES, PORTLESS_MODES, Store, StoreError, normalize_
 __all__ = ["COMMANDS", "add_arguments", "handles", "npc_command", "run"]
 
 #: The top-level sub-commands this module adds.
-COMMANDS = ("client", "tunnel")
+COMMANDS = ("client", "tunnel", "host")
 
 #: Exit codes.
 EXIT_OK = 0
@@ -534,6 +534,10 @@ def add_arguments(subparsers: "argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("id", type=int, metavar="ID")
     p = _leaf(tsub, "del", _tunnel_del, "delete a tunnel", aliases=["delete", "rm"])
     p.add_argument("id", type=int, metavar="ID")
+
+    from nps.cli.admin_hosts import add_host_arguments
+
+    add_host_arguments(subparsers, _leaf, _UsageError, _table)
 
 
 def handles(args: argparse.Namespace) -> bool:

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin_cli.run(args, store, config, sys.stdout)
         finally:
             store.close()
-    if args.command in ("client", "tunnel"):
+    if args.command in ("client", "tunnel", "host"):
         from nps.cli import admin
         from nps.store import Store, StoreError
 

@@ -14,7 +14,8 @@ from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_conf
 from nps.access import DENY_OPTION
 from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
 from nps.tlsbridge import TlsSetupError, apply_client_flags, client_tls
-from nps.model import Tunnel
+from nps.config import HealthSection
+from nps.model import Host, Tunnel
 from nps.visitor import Visitor
 
 log = Logger()
@@ -32,6 +33,15 @@ class ClientSettings:
     warnings: tuple[str, ...] = ()
     config_path: str | None = None
     visitors: tuple[Visitor, ...] = ()
+    hosts: tuple[Host, ...] = ()
+    health: tuple[HealthSection, ...] = ()
+
+
+def hosts_from_config(config: ClientConfig) -> tuple[Host, ...]:
+    """One L{Host} per npc.conf domain section (C{host=}), for the server's vhost listeners."""
+    return tuple(Host(id=0, client_id=0, host=s.host, location=s.location, scheme=s.scheme, targets=s.targets,
+                      host_change=s.host_change, headers=dict(s.headers), remark=s.name)
+                 for s in config.hosts)
 
 
 def tunnels_from_config(config: ClientConfig) -> tuple[Tunnel, ...]:
@@ -117,7 +127,9 @@ class Options(usage.Options):
             server = self["server"] or common.server_addr
             vkey = self["vkey"] or common.vkey
             tunnels = tunnels_from_config(config)
+            hosts, health = hosts_from_config(config), config.health
         else:
+            hosts, health = (), ()
             common = CommonConfig(server_addr=server, vkey=vkey)
             tunnels = ()
             config_path = None
@@ -143,7 +155,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"{where}: server address: {e}") from None
         return ClientSettings(host, port, vkey, common, tunnels, tuple(warnings), config_path,
-                              self._visitors(config_path))
+                              self._visitors(config_path), hosts=hosts, health=health)
 
     def _visitors(self, config_path: str | None) -> tuple[Visitor, ...]:
         """Secret visitors from -password/-local_port, or from npc.conf's visitor sections."""
@@ -205,6 +217,6 @@ def makeService(options: Options, reactor: Any = None,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
                       crypt=common.crypt, compress=common.compress,
                       tls=client_tls(settings.server_host, settings.server_port, common),
-                      visitors=settings.visitors,
+                      visitors=settings.visitors, hosts=settings.hosts, health=settings.health,
                       limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
                               if getattr(common, key)})
