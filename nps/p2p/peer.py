@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from nps.client import NpcService
     from nps.visitor import Visitor
 
+#: IP TTL of punching probes: enough to leave our own NAT (opening its mapping towards
+#: the peer), too little to reach the peer's NAT, where an unsolicited packet would
+#: make a conntrack entry that clashes with the mapping the peer is about to open.
+PROBE_TTL = 2
+#: The visitor starts QUIC this long after both sides began probing.
+CONNECT_DELAY = 1.0
 #: Seconds from the server's token to a finished QUIC handshake before relaying.
 PUNCH_TIMEOUT = 8.0
 REGISTER_INTERVAL = 0.25
@@ -219,10 +225,16 @@ class VisitorLink:
         self.peer = format_host_port(host, port)
         endpoint = self._endpoint
         probe = encode(Kind.PROBE, self._rid)
-        self._probe = _Sender(self.reactor, lambda: endpoint.send(probe, peer), PROBE_INTERVAL)
+        self._probe = _Sender(self.reactor, lambda: endpoint.send(probe, peer, PROBE_TTL), PROBE_INTERVAL)
         self.log.info("p2p {name}: provider is at {peer}; punching", name=self.visitor.name, peer=self.peer)
-        session = endpoint.connect(peer, client_configuration(cert))
-        session.handshake.addCallbacks(self._connected, lambda f: self._fallback(f.getErrorMessage()))
+
+        def connect() -> None:
+            if self.state != "connecting" or self._endpoint is not endpoint:
+                return
+            session = endpoint.connect(peer, client_configuration(cert))
+            session.handshake.addCallbacks(self._connected, lambda f: self._fallback(f.getErrorMessage()))
+
+        self.reactor.callLater(CONNECT_DELAY, connect)
 
     def _other(self, data: bytes, addr: tuple[str, int]) -> bool:
         """Probes from the provider (they only open its NAT; nothing to answer)."""
@@ -265,8 +277,8 @@ class VisitorLink:
     def _fallback(self, reason: str) -> None:
         if self.state != "connecting":
             return
-        self._cleanup()
         self.state = "relayed"
+        self._cleanup()
         self.reason = reason
         self.retry_at = self.reactor.seconds() + RETRY_DIRECT
         self.log.warn("p2p {name}: no direct path ({reason}); relaying through the server",
@@ -366,7 +378,7 @@ class ProviderOffer:
         self.endpoint.accept_from = peer
         endpoint = self.endpoint
         probe = encode(Kind.PROBE, bytes.fromhex(self.rid)[:TOKEN_SIZE])
-        self._probe = _Sender(self.reactor, lambda: endpoint.send(probe, peer), PROBE_INTERVAL)
+        self._probe = _Sender(self.reactor, lambda: endpoint.send(probe, peer, PROBE_TTL), PROBE_INTERVAL)
         self.log.info("p2p {remark}: visitor is at {peer}; punching", remark=self.remark,
                       peer=format_host_port(*peer))
 

@@ -632,14 +632,26 @@ class QuicEndpoint(DatagramProtocol):
         if self.sessions.get(session.peer) is session:
             del self.sessions[session.peer]
 
-    def send(self, data: bytes, addr: Address) -> None:
-        """Send one of our own (non-QUIC) datagrams; errors are ignored like lost packets."""
+    def send(self, data: bytes, addr: Address, ttl: int = 0) -> None:
+        """Send one of our own (non-QUIC) datagrams; errors are ignored like lost packets.
+
+        @param ttl: if set, the IP TTL of this datagram only (low-TTL punching probes).
+        """
         if self.transport is None:
             return
+        sock = getattr(self.transport, "socket", None)
         try:
+            if ttl and sock is not None:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             self.transport.write(data, addr)
         except OSError:
             pass
+        finally:
+            if ttl and sock is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+                except OSError:
+                    pass
 
     def close(self, reason: str = "closed") -> None:
         """Close every session and the port."""
