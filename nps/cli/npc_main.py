@@ -14,7 +14,7 @@ from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 GO_FLAGS = (
     "server", "vkey", "type", "config", "proxy", "log", "log_level", "log_path", "log_format", "debug", "password",
     "local_type", "local_port", "local_ip", "target", "time", "stun_addr", "disconnect_timeout", "pprof", "version",
-    "remark", "tls_ca", "tls_server_name", "tls_known_servers",
+    "remark", "tls_ca", "tls_server_name", "tls_known_servers", "proto",
 )
 NOT_YET = {"update": "self-update", "nat": "NAT type detection"}
 #: C{npc <verb>} for the systemd service (C{npc status} is C{systemctl status npc} here).
@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if raw and raw[0] in SERVICE_VERBS:
         return service_command(raw[0], raw[1:])  # the flags as given go into the unit
     args = normalize_go_flags(raw, GO_FLAGS)
+    if any(arg.startswith("--proto") for arg in args):
+        from nps.legacy.client import legacy_main  # npc -proto=0.26: against an NPS 0.26 server
+
+        return legacy_main(args)
     if args and not args[0].startswith("-"):
         command = args[0]
         if command == "register":

@@ -320,6 +320,10 @@ class LegacyStream:
         if self._finished or self.disconnecting:
             self._ack(size)
             return
+        self._process(flag, payload, size)
+
+    def _process(self, flag: int, payload: bytes, credit: int) -> None:
+        """Reassemble, decode and queue one received segment; C{credit} is given back once it is taken."""
         if self._reassembly is not None:
             self._reassembly += payload
             if len(self._reassembly) > MAX_DATAGRAM:
@@ -346,8 +350,36 @@ class LegacyStream:
             plain = encode_datagram(plain[:65535])
         # Credit is counted in wire bytes but given back when the plain bytes are taken.
         self._inbuf.append(plain)
-        self._credits.append(size)
+        self._credits.append(credit)
         self._drain_inbuf()
+
+    def reattach(self, protocol: IProtocol, *, codec: Codec | None, datagrams: bool, rest: bytes) -> None:
+        """Hand the stream to C{protocol} after a first protocol read its header (the client direction).
+
+        @param codec: what the rest of the stream is wrapped in (NPS's crypt/compress).
+        @param datagrams: the stream carries one datagram per message.
+        @param rest: bytes that came after the header, still to be decoded.
+        """
+        if self._finished:
+            protocol.makeConnection(self)
+            protocol.connectionLost(Failure(ConnectionLost("stream closed before it was served")))
+            return
+        self._codec = codec
+        self._datagrams = DatagramParser() if datagrams else None
+        self._reassembly = bytearray() if datagrams else None
+        self.protocol = None
+        if codec is not None:
+            try:
+                hello = codec.start()
+            except CodecError as e:
+                self.reset(str(e))
+                return
+            self._queue(hello)
+            self._flush()
+        if rest:
+            self._process(lm.NEW_MSG, rest, 0)
+        self._read_paused = False
+        self.attach(protocol)
 
     def _drain_inbuf(self) -> None:
         inbuf = self._inbuf

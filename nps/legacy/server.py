@@ -236,9 +236,17 @@ class LegacyRegistry:
                      id=client.client_id, new=conn.peer, old=handle.peer)
             self.end_session(client.client_id, f"replaced by a newer connection from {conn.peer}")
         handle = self._handle_for(client, conn.peer)
+        old = handle.signal
         handle.signal = conn
         handle.transport = conn.bridge.transport
-        conn.on_lost = lambda: self._connection_lost(client, handle, "signal connection closed")
+        if old is not None and old is not conn:
+            old.bridge.transport.loseConnection()
+
+        def lost() -> None:
+            if handle.signal is conn:
+                self._connection_lost(client, handle, "signal connection closed")
+
+        conn.on_lost = lost
 
     def chan_connected(self, client: LegacyClient, conn: "LegacyConnection", version: str) -> LegacyMux:
         assert client.client_id is not None
@@ -247,9 +255,13 @@ class LegacyRegistry:
             self.end_session(client.client_id, "a second chan connection replaces this one")
             handle = self._handle_for(client, conn.peer)
         server = self.server
+
+        def lost(reason: str) -> None:
+            if handle.mux is not None and handle.mux.chan is mux:
+                self._connection_lost(client, handle, reason)
+
         mux = LegacyMux(conn.bridge.transport, server.reactor, name=f"legacy client {client.client_id}",
-                        on_close=lambda reason: self._connection_lost(client, handle, reason),
-                        ping_interval=server.ping_interval, idle_timeout=server.idle_timeout)
+                        on_close=lost, ping_interval=server.ping_interval, idle_timeout=server.idle_timeout)
         handle.chan = conn
         if handle.transport is None:
             handle.transport = conn.bridge.transport

@@ -1,0 +1,121 @@
+"""
+End to end, the other way round: our npc with C{-proto=0.26} against the real
+Go nps 0.26.10, for users who cannot replace their server yet.  Skipped with
+a message when the binary is absent (see /work/shared/peers/README.md).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+try:
+    from . import support  # type: ignore[import-not-found]
+    from .legacy_peers import GO_NPS, GoNps, missing  # type: ignore[import-not-found]
+    from .test_e2e_legacy import EchoServer, UdpEcho, echo_works, roundtrip, udp_roundtrip  # type: ignore
+except ImportError:
+    import support  # type: ignore[no-redef]
+    from legacy_peers import GO_NPS, GoNps, missing  # type: ignore[no-redef]
+    from test_e2e_legacy import EchoServer, UdpEcho, echo_works, roundtrip, udp_roundtrip  # type: ignore
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def go_nps(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., GoNps]]:
+    reason = missing(GO_NPS)
+    if reason:
+        pytest.skip(reason)
+    servers: list[GoNps] = []
+
+    def _make() -> GoNps:
+        server = GoNps(tmp_path / f"gonps{len(servers)}")
+        servers.append(server)
+        return server
+
+    yield _make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def our_npc(npc_client: Callable[..., Any], server: GoNps, vkey: str, name: str = "npc") -> Any:
+    return npc_client("-proto=0.26", f"-server={server.bridge_addr}", f"-vkey={vkey}", name=name)
+
+
+def test_tcp_and_udp_through_go_nps(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                    echo: EchoServer) -> None:
+    """Our npc logs in to the Go nps; its tcp tunnel carries 8 MB intact and its udp tunnel echoes."""
+    udp = UdpEcho()
+    try:
+        server = go_nps()
+        client = server.add_client("py-vkey-1")
+        tcp_port, udp_port = support.free_port(), support.free_port()
+        server.add_tunnel(client, tcp_port, f"127.0.0.1:{echo.port}")
+        server.add_tunnel(client, udp_port, f"127.0.0.1:{udp.port}", mode="udp")
+        server.start()
+        npc = our_npc(npc_client, server, "py-vkey-1")
+        support.wait_for_log(npc, "connected to NPS 0.26 server")
+        support.until(lambda: echo_works(tcp_port), what="echo through the Go nps")
+        payload = os.urandom(8 << 20)
+        assert roundtrip(tcp_port, payload, timeout=120) == payload
+        support.until(lambda: udp_roundtrip(udp_port, b"dgram") == b"echo:dgram", what="udp echo")
+    finally:
+        udp.close()
+
+
+@pytest.mark.parametrize("flag", ["crypt", "compress"])
+def test_crypt_and_compress_from_go_nps(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                        echo: EchoServer, flag: str) -> None:
+    """A Go nps client record with crypt (TLS per stream) or compress (snappy): our npc unwraps it."""
+    server = go_nps()
+    client = server.add_client("py-vkey-2", **{flag: True})
+    port = support.free_port()
+    server.add_tunnel(client, port, f"127.0.0.1:{echo.port}")
+    server.start()
+    our_npc(npc_client, server, "py-vkey-2")
+    support.until(lambda: echo_works(port), what=f"echo with {flag}")
+    payload = os.urandom(1 << 20) + b"q" * (1 << 20)
+    assert roundtrip(port, payload, timeout=120) == payload
+
+
+def test_wrong_vkey_stops_npc(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any]) -> None:
+    """A vkey the Go nps does not know: our npc says so and exits with status 1."""
+    server = go_nps()
+    server.add_client("the-right-key")
+    server.start()
+    npc = our_npc(npc_client, server, "a-wrong-key")
+    assert npc.wait(60) == 1
+    assert "refused the vkey" in npc.log_text()
+
+
+def test_reconnects_after_go_nps_restart(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                         echo: EchoServer) -> None:
+    """When the Go nps restarts our npc logs in again and the tunnel works."""
+    server = go_nps()
+    client = server.add_client("py-vkey-3")
+    port = support.free_port()
+    server.add_tunnel(client, port, f"127.0.0.1:{echo.port}")
+    server.start()
+    npc = our_npc(npc_client, server, "py-vkey-3")
+    support.until(lambda: echo_works(port), what="echo before restart")
+    server.restart()
+    support.until(lambda: support.count_in_log(npc, "connected to NPS 0.26 server") >= 2, timeout=90,
+                  what="npc reconnected")
+    support.until(lambda: echo_works(port), what="echo after restart")
+
+
+def test_bad_proto_flags(npc_client: Callable[..., Any]) -> None:
+    """-proto takes only 0.26, and with it only the flags it supports; each mistake is named."""
+    bad = npc_client("-proto=0.27", "-server=127.0.0.1:1", "-vkey=k", name="bad1")
+    assert bad.wait(30) == 2 and "-proto='0.27'" in bad.log_text()
+    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-config=x.conf", name="bad2")
+    assert bad.wait(30) == 2 and "not supported with -proto=0.26" in bad.log_text()
