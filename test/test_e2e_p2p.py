@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import urllib.request
@@ -64,10 +65,20 @@ def test_ssh_over_a_direct_p2p_path(nps_server: Callable[..., Any], npc_client: 
     """nps.conf p2p_port set: the npcs pair, punch (trivially on loopback) and ssh runs over QUIC
     between them; the path shows as direct in the visitor's log, its /debug and the server's log;
     a second ssh reuses the QUIC connection."""
-    server = nps_server(start=False, extra={"p2p_port": free_udp_port()})
+    p2p_port = free_udp_port()
+    server = nps_server(start=False, extra={"p2p_port": p2p_port})
     provider_rec = server.add_client("provider")
     visitor_rec = server.add_client("visitor")
     server.start()
+    support.wait_for_log(server.proc, "p2p rendezvous listening", 30)
+    # Bad input on p2p_port: garbage and well-formed registrations with made-up tokens are
+    # dropped with a log line (at most 5 per 10 s, then one summary) and pair nobody.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(30):
+            junk = b"\x00NP2\x01" + secrets.token_bytes(16) if i % 2 else secrets.token_bytes(i + 1)
+            s.sendto(junk, ("127.0.0.1", p2p_port))
+    support.wait_for_log(server.proc, "unknown or used token", 30)
+    support.until(lambda: server.log_text().count("p2p: dropped a datagram") == 5, 30, "five drop lines")
     provider = _provider(server, npc_client, provider_rec.vkey, f"127.0.0.1:{sshd.port}", "p2p-e2e-pw")
     visitor, port, debug_port = _visitor(server, npc_client, visitor_rec.vkey, "p2p-e2e-pw", "visitor")
     _ssh(sshd, port, "hello-over-p2p")
@@ -75,6 +86,7 @@ def test_ssh_over_a_direct_p2p_path(nps_server: Callable[..., Any], npc_client: 
     support.wait_for_log(provider, "direct path from the visitor", 30)
     support.wait_for_log(server.proc, "uses the direct path", 30)
     _ssh(sshd, port, "again-over-p2p")
+    assert server.log_text().count("p2p: dropped a datagram") == 5  # rate-limited
     links = support.until(lambda: [link for link in _debug_p2p(debug_port) if link["direct_connections"] >= 2],
                           30, "two direct connections in npc /debug")
     assert links[0]["path"] == "direct"
