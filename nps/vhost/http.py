@@ -109,41 +109,48 @@ class _ResponseTracker:
         self.keep_alive = True
         self.status = 0
 
-    def feed(self, data: bytes) -> tuple[int, bool]:
+    def feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
         """
-        @return: how many bytes of C{data} belong to this response, and
+        @return: the bytes to pass to the browser now (a head only once it
+            is complete and valid), the bytes after this response, and
             whether it is complete.
         @raise HttpError: 502 for a malformed response.
         """
+        body = self.body
+        if body is not None:
+            taken = body.feed(data)
+            if taken == len(data):
+                return data, b"", body.done
+            return data[:taken], data[taken:], body.done
+        out: list[bytes] = []
         pos = 0
         size = len(data)
         while pos < size:
-            self.started = True
             if self.body is None:
-                chunk = data[pos:] if pos else data
-                head = self._reader.feed(chunk)
+                head = self._reader.feed(data[pos:] if pos else data)
                 if head is None:
-                    return size, False
+                    return b"".join(out), b"", False
                 rest = self._reader.take_rest()
                 pos = size - len(rest)
                 response = parse_response_head(head)
+                out.append(head)
+                self.started = True
                 self.status = response.status
                 if response.status == 101:
                     self.upgraded = True
-                    return pos, True
+                    return b"".join(out), data[pos:], True
                 if response.status < 200:
                     continue
                 self.keep_alive = response.keep_alive
                 self.body = response_body(response, self.method)
                 if self.body.done:
-                    return pos, True
+                    return b"".join(out), data[pos:], True
             else:
-                taken = self.body.feed(data[pos:] if pos else data)
+                taken = self.body.feed(data[pos:])
+                out.append(data[pos:pos + taken])
                 pos += taken
-                if self.body.done:
-                    return pos, True
-                return pos, False
-        return pos, False
+                return b"".join(out), data[pos:], self.body.done
+        return b"".join(out), b"", False
 
 
 class _Backend(Protocol):
@@ -383,7 +390,7 @@ class VhostHttpProtocol(Protocol):
             return
         started = tracker.started
         try:
-            taken, done = tracker.feed(data)
+            out, extra, done = tracker.feed(data)
         except HttpError as e:
             self.log.info("vhost {remote}: bad response from {host} ({target}): {reason}", remote=self._remote,
                           host=backend.route.host.host, target=backend.target, reason=e.reason)
@@ -392,10 +399,10 @@ class VhostHttpProtocol(Protocol):
             else:
                 self._refuse(502, f"The site's server sent a malformed response ({e.reason}).")
             return
-        if taken:
-            self.transport.write(data if taken == len(data) else data[:taken])
+        if out:
+            self.transport.write(out)
         if done:
-            self._response_done(backend, data[taken:])
+            self._response_done(backend, extra)
 
     def _response_done(self, backend: _Backend, extra: bytes) -> None:
         tracker = self._response

@@ -1,0 +1,142 @@
+# -*- test-case-name: test.test_vhost_http -*-
+"""The HTTP vhost protocol in memory (StringTransport, Clock): timeouts, routing, backpressure."""
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from nps.model import Host
+from nps.vhost.http import HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, VhostHttpFactory
+from nps.vhost.registry import Registry
+
+
+class FakeService:
+    """Stands in for VhostService: a route table, streams that are StringTransports."""
+
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.registry = Registry()
+        self.add_origin_header = False
+        self.https_port = 0
+        self.streams: list[tuple[Any, StringTransport]] = []
+        self.refuse = ""
+
+    def open_stream(self, route: Any, target: str, remote: str, factory: Any) -> str | None:
+        if self.refuse:
+            return self.refuse
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.streams.append((protocol, transport))
+        return None
+
+
+def connect(service: FakeService) -> tuple[Any, StringTransport]:
+    factory = VhostHttpFactory(service)  # type: ignore[arg-type]
+    protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 5555))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 5555))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def service_with_hosts() -> FakeService:
+    service = FakeService()
+    service.registry.add(Host(id=1, client_id=1, host="a.com", targets=("t:1",)))
+    service.registry.add(Host(id=2, client_id=1, host="b.com", targets=("t:2",), host_change="inner"))
+    return service
+
+
+def test_slowloris_head_timeout() -> None:
+    """A head that does not complete within the header timeout gets 408 and a close."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.c")
+    service.reactor.advance(HEADER_TIMEOUT - 1)
+    protocol.dataReceived(b"o")
+    assert transport.value() == b""
+    service.reactor.advance(1)
+    assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert transport.disconnecting
+    assert service.streams == []
+
+
+def test_idle_connection_closed_quietly() -> None:
+    """A connection that sends nothing is closed after the header timeout without a response."""
+    service = service_with_hosts()
+    _, transport = connect(service)
+    service.reactor.advance(HEADER_TIMEOUT)
+    assert transport.value() == b"" and transport.disconnecting
+
+
+def test_requests_routed_and_streams_switched() -> None:
+    """Each request goes to its host's stream; a different host closes the old stream;
+    after the response the keep-alive timer runs."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    backend, stream = service.streams[0]
+    assert stream.value() == b"GET /x HTTP/1.1\r\nHost: a.com\r\n\r\n"
+    assert transport.producer is stream and stream.producer is not None
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert transport.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    protocol.dataReceived(b"GET /y HTTP/1.1\r\nHost: b.com\r\n\r\n")
+    assert stream.disconnecting
+    backend2, stream2 = service.streams[1]
+    assert stream2.value() == b"GET /y HTTP/1.1\r\nHost: inner\r\n\r\n"
+    assert transport.producer is stream2
+    backend2.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+    service.reactor.advance(KEEPALIVE_TIMEOUT)
+    assert transport.disconnecting
+
+
+def test_backpressure_pauses_browser() -> None:
+    """A full stream pauses reading from the browser (the gate is the stream's producer)."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 10\r\n\r\n12345")
+    _, stream = service.streams[0]
+    stream.producer.pauseProducing()
+    assert transport.producerState == "paused"
+    stream.producer.resumeProducing()
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b"67890GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    assert stream.value().endswith(b"\r\n\r\n1234567890")
+    assert transport.producerState == "paused"  # the pipelined request waits for the response
+
+
+def test_backend_lost_before_response_502() -> None:
+    """When the client cannot reach the target (stream reset before a response) the browser gets 502."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    backend, _ = service.streams[0]
+    backend.connectionLost(Failure(ConnectionLost("connect to t:1 refused")))
+    assert transport.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"connect to t:1 refused" in transport.value()
+    assert transport.disconnecting
+
+
+def test_offline_and_limits() -> None:
+    """A client offline gives 502, a limit 503; both name the host."""
+    for refusal, status in (("the client serving this site is offline", b"502"), ("limit reached: max_conn 1", b"503")):
+        service = service_with_hosts()
+        service.refuse = refusal
+        protocol, transport = connect(service)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 " + status)
+        assert b"a.com" in transport.value()
+
+
+def test_bad_response_from_backend() -> None:
+    """A malformed response head from the backend becomes a 502 for the browser."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    backend, _ = service.streams[0]
+    backend.dataReceived(b"SSH-2.0-OpenSSH\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 502 ")
