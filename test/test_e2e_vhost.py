@@ -272,3 +272,47 @@ def test_stored_host_client_offline_502(nps_server: Any, npc_client: Any, backen
         return got == {"b1", "b2"}
 
     support.until(both, timeout=TIMEOUT, what="round robin over both targets")
+
+
+def test_health_check_failover(nps_server: Any, npc_client: Any, tmp_path: Path) -> None:
+    """
+    npc's http health checks take a failing target out of the round robin
+    (reported to the server) and put it back when it recovers; a stopped
+    target stops getting requests once reported, while requests keep running.
+    """
+    sick = tmp_path / "b1.sick"
+    b1, p1 = vs.start_backend(tmp_path, "b1", sick_file=str(sick))
+    _, p2 = vs.start_backend(tmp_path, "b2")
+    targets = f"127.0.0.1:{p1},127.0.0.1:{p2}"
+    port = support.free_port()
+    server = nps_server(public_vkey=VKEY, extra={"http_proxy_ip": "127.0.0.1", "http_proxy_port": port})
+    support.wait_for_port("127.0.0.1", port, proc=server.proc)
+    conf = support.render_npc_conf(server.bridge_addr, VKEY, {
+        "web": {"host": "lb.example.com", "target_addr": targets},
+        "health_web": {"health_check_type": "http", "health_http_url": "/health", "health_check_interval": 1,
+                       "health_check_timeout": 1, "health_check_max_failed": 2, "health_check_target": targets},
+    })
+    npc = npc_client(conf=conf)
+    support.wait_for_log(npc, "is open on the server")
+
+    def get() -> tuple[int, str]:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: lb.example.com\r\nConnection: close\r\n\r\n")
+            status, _, body = vs.read_response(s)
+            return status, vs.json_body(body)["backend"] if status == 200 else ""
+
+    def sees(*names: str) -> bool:
+        return {get()[1] for _ in range(6)} == set(names)
+
+    support.until(lambda: sees("b1", "b2"), timeout=TIMEOUT, what="both targets in rotation")
+    sick.write_text("x")
+    support.wait_for_log(server.proc, f"target 127.0.0.1:{p1} is down")
+    assert sees("b2")
+    sick.unlink()
+    support.wait_for_log(server.proc, f"target 127.0.0.1:{p1} is up again")
+    support.until(lambda: sees("b1", "b2"), timeout=TIMEOUT, what="b1 back in rotation")
+    b1.kill()
+    support.until(lambda: support.count_in_log(server.proc, f"target 127.0.0.1:{p1} is down") >= 2,
+                  timeout=TIMEOUT, what="stopped b1 reported down")
+    results = [get() for _ in range(20)]
+    assert results == [(200, "b2")] * 20
