@@ -652,7 +652,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     ap.add_argument("--no-modes", action="store_true", help="skip the proxy-mode rows (bench/modes.py)")
     ap.add_argument("--modes-only", action="store_true", help="only the proxy-mode rows")
+    ap.add_argument("--no-transport", action="store_true",
+                    help="skip the crypt/TLS/compress rows (bench/transport.py)")
+    ap.add_argument("--transport-only", action="store_true", help="only the crypt/TLS/compress rows")
     args = ap.parse_args(argv)
+    if args.transport_only:
+        from transport import run_transport
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = run_transport(LOGS / "transport", args.quick)
+        print(text)
+        (RESULTS / "transport.md").write_text(text)
+        return 0
     if args.modes_only:
         from modes import run_modes
 
@@ -690,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
         from modes import run_modes
 
         text += "\n" + run_modes(LOGS / "modes", args.quick)
+    if not args.no_transport:
+        from transport import run_transport
+
+        text += "\n" + run_transport(LOGS / "transport", args.quick)
     print(text)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(

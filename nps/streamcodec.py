@@ -149,6 +149,8 @@ class CodecProtocol(Protocol):
         except CodecError as e:
             self._fail(str(e))
             return
+        if len(pieces) > 1:
+            pieces = [b"".join(pieces)]  # one write downstream rather than several
         deliver = self.wrapped.dataReceived
         for piece in pieces:
             deliver(piece)
@@ -192,7 +194,7 @@ class CodecProtocol(Protocol):
     def write(self, data: bytes) -> None:
         if self._write_closed or not data:
             return
-        encoded = self.codec.encode(bytes(data))
+        encoded = self.codec.encode(data if type(data) is bytes else bytes(data))
         if encoded:
             self.transport.write(encoded)
 

@@ -2,7 +2,7 @@
 """Sans-io AEAD record layer for one tunnel stream (C{crypt=true}).
 
 Each direction of a stream has its own 256-bit AES-GCM key.  The bytes a
-side writes are cut into records of at most L{MAX_PLAINTEXT} bytes::
+side writes are cut into records of at most L{MAX_PLAINTEXT} bytes (256 KiB)::
 
     header:u32  ciphertext (plaintext + 16-byte tag)
 
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-#: Largest plaintext in one record.
-MAX_PLAINTEXT = 64 * 1024
+#: Largest plaintext in one record (one relay read).
+MAX_PLAINTEXT = 256 * 1024
 TAG_SIZE = 16
 HEADER = struct.Struct("!I")
 FINAL = 0x8000_0000
@@ -123,9 +123,13 @@ class Unsealer:
         @raise CryptError: a record fails authentication, is too large, or
             follows the final record.
         """
-        buf = self._buf
-        buf += data
         out: list[bytes] = []
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+        else:
+            buf = data  # the common case: whole records, no copy into the buffer
+        view = memoryview(buf)
         offset = 0
         size = len(buf)
         while size - offset >= HEADER.size:
@@ -138,9 +142,9 @@ class Unsealer:
                 break
             if self.finished:
                 raise CryptError("data after the final record")
-            header = bytes(buf[offset:offset + HEADER.size])
+            header = bytes(view[offset:offset + HEADER.size])
             try:
-                plaintext = self._aead.decrypt(_nonce(self._counter), bytes(buf[offset + HEADER.size:end]), header)
+                plaintext = self._aead.decrypt(_nonce(self._counter), view[offset + HEADER.size:end], header)
             except InvalidTag:
                 raise CryptError(f"record {self._counter} failed authentication (wrong key or tampered)") from None
             self._counter += 1
@@ -151,8 +155,12 @@ class Unsealer:
                 self.finished = True
             elif plaintext:
                 out.append(plaintext)
-        if offset:
-            del buf[:offset]
+        view.release()
+        if buf is self._buf:
+            if offset:
+                del self._buf[:offset]
+        elif offset < size:
+            self._buf += buf[offset:]
         return out
 
     def eof(self) -> None:
