@@ -652,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     ap.add_argument("--no-modes", action="store_true", help="skip the proxy-mode rows (bench/modes.py)")
     ap.add_argument("--modes-only", action="store_true", help="only the proxy-mode rows")
+    ap.add_argument("--no-vhost", action="store_true", help="skip the domain-proxy rows (bench/vhost.py)")
+    ap.add_argument("--vhost-only", action="store_true", help="only the domain-proxy rows (bench/vhost.py)")
     ap.add_argument("--no-transport", action="store_true",
                     help="skip the crypt/TLS/compress rows (bench/transport.py)")
     ap.add_argument("--transport-only", action="store_true", help="only the crypt/TLS/compress rows")
@@ -663,6 +665,14 @@ def main(argv: list[str] | None = None) -> int:
         text = run_transport(LOGS / "transport", args.quick)
         print(text)
         (RESULTS / "transport.md").write_text(text)
+        return 0
+    if args.vhost_only:
+        from vhost import run_vhost
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = run_vhost(LOGS / "vhost", args.quick)
+        print(text)
+        (RESULTS / "vhost.md").write_text(text)
         return 0
     if args.modes_only:
         from modes import run_modes
@@ -705,6 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         from transport import run_transport
 
         text += "\n" + run_transport(LOGS / "transport", args.quick)
+    if not args.no_vhost:
+        from vhost import run_vhost
+
+        text += "\n" + run_vhost(LOGS / "vhost", args.quick)
     print(text)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(
