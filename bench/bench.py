@@ -657,7 +657,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-transport", action="store_true",
                     help="skip the crypt/TLS/compress rows (bench/transport.py)")
     ap.add_argument("--transport-only", action="store_true", help="only the crypt/TLS/compress rows")
+    ap.add_argument("--no-legacy", action="store_true", help="skip the Go npc rows (bench/legacy.py)")
+    ap.add_argument("--legacy-only", action="store_true",
+                    help="only the Go npc via our nps vs via the Go nps rows (bench/legacy.py)")
     args = ap.parse_args(argv)
+    if args.legacy_only:
+        from legacy import run_legacy
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = run_legacy(LOGS / "legacy", args.quick)
+        print(text)
+        (RESULTS / "legacy.md").write_text(text)
+        return 0
     if args.transport_only:
         from transport import run_transport
 
@@ -719,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         from vhost import run_vhost
 
         text += "\n" + run_vhost(LOGS / "vhost", args.quick)
+    if not args.no_legacy:
+        from legacy import run_legacy
+
+        text += "\n" + run_legacy(LOGS / "legacy", args.quick)
     print(text)
     (RESULTS / "latest.md").write_text(text)
     (RESULTS / "latest.json").write_text(json.dumps(

@@ -31,9 +31,10 @@ def missing(binary: Path) -> str | None:
     return None
 
 
-def _client(client_id: int, vkey: str, crypt: bool = False, compress: bool = False) -> dict[str, Any]:
+def _client(client_id: int, vkey: str, crypt: bool = False, compress: bool = False,
+            rate_limit: int = 0) -> dict[str, Any]:
     return {"Cnf": {"U": "", "P": "", "Compress": compress, "Crypt": crypt}, "Id": client_id, "VerifyKey": vkey,
-            "Addr": "", "Remark": f"c{client_id}", "Status": True, "IsConnect": False, "RateLimit": 0,
+            "Addr": "", "Remark": f"c{client_id}", "Status": True, "IsConnect": False, "RateLimit": rate_limit,
             "Flow": {"ExportFlow": 0, "InletFlow": 0, "FlowLimit": 0}, "NoStore": False, "NoDisplay": False,
             "MaxConn": 0, "NowConn": 0, "WebUserName": "", "WebPassword": "", "ConfigConnAllow": True,
             "MaxTunnelNum": 0, "Version": ""}
@@ -58,9 +59,10 @@ class GoNps:
     def bridge_addr(self) -> str:
         return f"127.0.0.1:{self.bridge_port}"
 
-    def add_client(self, vkey: str, *, crypt: bool = False, compress: bool = False) -> int:
+    def add_client(self, vkey: str, *, crypt: bool = False, compress: bool = False, rate_limit: int = 0) -> int:
+        """A client record; C{rate_limit} in KB/s (0 means NPS's default 16 MiB/s bucket)."""
         client_id = len(self.clients) + 1
-        self.clients[client_id] = _client(client_id, vkey, crypt, compress)
+        self.clients[client_id] = _client(client_id, vkey, crypt, compress, rate_limit)
         return client_id
 
     def add_tunnel(self, client_id: int, port: int, target: str, mode: str = "tcp") -> None:
