@@ -61,11 +61,15 @@ class HttpError(Exception):
 
 
 Headers = tuple[tuple[bytes, bytes], ...]
+#: Header values by lower-case name, built once per head.
+Index = dict[bytes, list[bytes]]
 
 
-def _get(headers: Headers, name: bytes) -> list[bytes]:
-    lower = name.lower()
-    return [value for key, value in headers if key.lower() == lower]
+def _index(headers: Headers) -> Index:
+    index: Index = {}
+    for key, value in headers:
+        index.setdefault(key.lower(), []).append(value)
+    return index
 
 
 def _tokens(values: Iterable[bytes]) -> list[bytes]:
@@ -87,14 +91,17 @@ class RequestHead:
     target: bytes
     version: tuple[int, int]
     headers: Headers
+    index: Index = attrs.field(eq=False, repr=False, default=attrs.Factory(lambda self: _index(self.headers),
+                                                                           takes_self=True))
 
     def get(self, name: bytes) -> bytes | None:
-        """The first value of header C{name} (any case), or None."""
-        values = _get(self.headers, name)
+        """The first value of header C{name} (lower case), or None."""
+        values = self.index.get(name)
         return values[0] if values else None
 
     def get_all(self, name: bytes) -> list[bytes]:
-        return _get(self.headers, name)
+        """Every value of header C{name} (lower case)."""
+        return self.index.get(name, [])
 
     @property
     def path(self) -> bytes:
@@ -134,9 +141,12 @@ class ResponseHead:
     status: int
     version: tuple[int, int]
     headers: Headers
+    index: Index = attrs.field(eq=False, repr=False, default=attrs.Factory(lambda self: _index(self.headers),
+                                                                           takes_self=True))
 
     def get_all(self, name: bytes) -> list[bytes]:
-        return _get(self.headers, name)
+        """Every value of header C{name} (lower case)."""
+        return self.index.get(name, [])
 
     @property
     def keep_alive(self) -> bool:
