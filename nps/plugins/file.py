@@ -20,7 +20,7 @@ from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -40,6 +40,8 @@ Opener = Callable[[dict[str, Any]], IStreamClientEndpoint]
 
 #: Idle time (seconds) after which the HTTP connection on a stream is closed.
 HTTP_IDLE_TIMEOUT = 120
+#: Seconds a user has to send the first complete request head (a slow drip is cut off).
+HEAD_TIMEOUT = 30.0
 #: Served for a directory asked with a trailing slash, when present.
 INDEX_NAMES = ("index.html", "index.htm")
 ALLOWED_METHODS = (b"GET", b"HEAD")
@@ -183,8 +185,41 @@ class StreamChannel(ProtocolWrapper):
     """
 
     log = Logger()
+    _head_timer: Any = None
+    _tail = b""
+
+    def makeConnection(self, transport: Any) -> None:
+        reactor = getattr(self.factory.wrappedFactory, "reactor", None)
+        if reactor is not None:
+            self._head_timer = reactor.callLater(HEAD_TIMEOUT, self._head_timed_out)
+        super().makeConnection(transport)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self.log.info("file {remote}: no complete request head within {t:g}s; closing",
+                      remote=self.factory.remote, t=HEAD_TIMEOUT)
+        self.disconnecting = 1
+        cast(Any, self.transport).abortConnection()
+
+    def _watch_head(self, data: bytes) -> None:
+        """Stop the head timer at the first blank line (the end of the first request head)."""
+        window = self._tail + data
+        if b"\r\n\r\n" in window or b"\n\n" in window:
+            timer, self._head_timer = self._head_timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
+        else:
+            self._tail = window[-3:]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._head_timer is not None:
+            self._watch_head(data)
         try:
             self.wrappedProtocol.dataReceived(data)
         except Exception:

@@ -230,6 +230,10 @@ class VhostHttpProtocol(Protocol):
             self._backend.transport.loseWriteConnection()
             return
         self._user_eof = True
+        if self._state == "head" and not self._response and self._reader.pending + len(self._pending):
+            self.log.info("vhost {scheme} {remote}: closed before a complete request head ({n} bytes)",
+                          scheme=self.factory.scheme, remote=self._remote,
+                          n=self._reader.pending + len(self._pending))
         if self._state == "body" or (self._state == "head" and not self._response):
             self._close()
 

@@ -88,6 +88,9 @@ class VhostTlsProtocol(Relay):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timer()
+        if self._mode == "sniff" and self._buffer:
+            self.log.info("vhost https {remote}: closed before a complete ClientHello ({n} bytes)",
+                          remote=self._remote, n=len(self._buffer))
         mode, self._mode = self._mode, "closed"
         if mode == "terminate" and self._inner is not None:
             self._inner.connectionLost(reason)
