@@ -25,6 +25,10 @@ class FakeService:
         self.https_port = 0
         self.streams: list[tuple[Any, StringTransport]] = []
         self.refuse = ""
+        self.credentials: tuple[str, str] | None = None
+
+    def basic_auth(self, client_id: int) -> tuple[str, str] | None:
+        return self.credentials
 
     def open_stream(self, route: Any, target: str, remote: str, factory: Any) -> str | None:
         if self.refuse:
@@ -140,3 +144,22 @@ def test_bad_response_from_backend() -> None:
     backend, _ = service.streams[0]
     backend.dataReceived(b"SSH-2.0-OpenSSH\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 502 ")
+
+
+def test_basic_auth() -> None:
+    """A client with basic_username/basic_password gets 401 without the right credentials."""
+    import base64
+
+    for header, ok in ((b"", False), (b"Authorization: Basic " + base64.b64encode(b"u:wrong") + b"\r\n", False),
+                       (b"Authorization: Bearer x\r\n", False),
+                       (b"Authorization: Basic " + base64.b64encode(b"u:p") + b"\r\n", True)):
+        service = service_with_hosts()
+        service.credentials = ("u", "p")
+        protocol, transport = connect(service)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\n" + header + b"\r\n")
+        if ok:
+            assert service.streams and transport.value() == b""
+            assert b"Authorization" not in service.streams[0][1].value()
+        else:
+            assert transport.value().startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+            assert b"WWW-Authenticate: Basic" in transport.value() and not service.streams

@@ -13,6 +13,9 @@ turns the connection into a plain two-way relay.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import html
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +68,26 @@ def error_page(status: int, title: str, detail: str) -> bytes:
     reason = _REASONS.get(status, b"Error")
     return (b"HTTP/1.1 %d %s\r\nServer: nps\r\nContent-Type: text/html; charset=utf-8\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (status, reason, len(body))) + body
+
+
+_UNAUTHORIZED = (b"HTTP/1.1 401 Unauthorized\r\nServer: nps\r\nWWW-Authenticate: Basic realm=\"nps\", "
+                 b"charset=\"UTF-8\"\r\nContent-Type: text/plain\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
+                 b"Authentication needed.\n")
+
+
+def _authorized(header: bytes | None, credentials: tuple[str, str]) -> bool:
+    """Whether an C{Authorization: Basic} header carries C{credentials} (compared in constant time)."""
+    if header is None:
+        return False
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        return False
+    try:
+        given = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    expected = f"{credentials[0]}:{credentials[1]}".encode("utf-8")
+    return hmac.compare_digest(given, expected)
 
 
 @implementer(IPushProducer)
@@ -311,6 +334,12 @@ class VhostHttpProtocol(Protocol):
         if factory.scheme == "http" and host.redirect_https:
             self._redirect(request, name)
             return
+        credentials = factory.service.basic_auth(host.client_id)
+        if credentials is not None and not _authorized(request.get(b"authorization"), credentials):
+            self.log.info("vhost {remote}: {host}: missing or wrong basic auth", remote=self._remote, host=host.host)
+            self.transport.write(_UNAUTHORIZED)
+            self._close()
+            return
         target = factory.service.registry.next_target(route)
         if target is None:
             self._refuse(502, f"Every target of {host.host} is down (health checks).")
@@ -334,11 +363,15 @@ class VhostHttpProtocol(Protocol):
         self._request_body = body
         self._response = _ResponseTracker(request.method)
         self._state = "body"
-        backend.transport.write(self._rewrite(request, route))
+        backend.transport.write(self._rewrite(request, route, strip_auth=credentials is not None))
 
-    def _rewrite(self, request: RequestHead, route: Route) -> bytes:
+    def _rewrite(self, request: RequestHead, route: Route, strip_auth: bool = False) -> bytes:
+        """The request head for the backend: host_change, header_*, origin headers; the
+        server's own basic-auth credentials are not passed on."""
         host = route.host
         headers = list(request.headers)
+        if strip_auth:
+            headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]
         changes: list[tuple[bytes, bytes]] = []
         if host.host_change:
             changes.append((b"Host", host.host_change.encode("latin-1")))
@@ -351,7 +384,7 @@ class VhostHttpProtocol(Protocol):
             changes.append((b"X-Real-IP", ip))
             changes.append((b"X-Forwarded-Proto", self.factory.scheme.encode("ascii")))
         if not changes:
-            return request.serialize()
+            return request.serialize(tuple(headers)) if strip_auth else request.serialize()
         replaced = {name.lower() for name, _ in changes}
         headers = [(k, v) for k, v in headers if k.lower() not in replaced] + changes
         return request.serialize(tuple(headers))

@@ -132,6 +132,13 @@ class VhostService:
     def has_default_cert(self) -> bool:
         return all(self.default_cert)
 
+    def basic_auth(self, client_id: int) -> tuple[str, str] | None:
+        """The client's C{basic_username}/C{basic_password} that its sites require (NPS's Cnf.U/P), if set."""
+        client = self.server._clients.get(client_id)
+        if client is None or not client.basic_username:
+            return None
+        return client.basic_username, client.basic_password
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def listen(self) -> None:
