@@ -502,6 +502,7 @@ class NpsServer(MultiService):
                 tunnel = Tunnel.from_wire(record)
                 tunnel = attrs.evolve(tunnel, id=next(self._ephemeral_ids), client_id=session.client_id)
                 self._check_tunnel(tunnel)
+                self._check_tunnel_quota(session, len(kept))
             except ValueError as e:
                 pending.append(succeed(str(e)))
                 continue
@@ -693,6 +694,17 @@ class NpsServer(MultiService):
                       n=len(streams))
         for stream in streams:
             stream.reset(reason)
+
+    def _check_tunnel_quota(self, session: ClientSession, accepted: int) -> None:
+        """A stored client's max_tunnels counts its npc.conf tunnels too (as in NPS)."""
+        client = self._clients.get(session.client_id)
+        if client is None or not client.max_tunnels:
+            return
+        stored = sum(1 for tunnel_id, running in self.tunnels.items()
+                     if tunnel_id > 0 and running.tunnel.client_id == session.client_id)
+        if stored + accepted >= client.max_tunnels:
+            raise ValueError(f"max_tunnels {client.max_tunnels} reached ({stored} on the server, "
+                             f"{accepted} from npc.conf)")
 
     def _take_self_limits(self, session: ClientSession, limits: Any) -> None:
         """npc.conf [common] rate_limit/flow_limit/max_conn, sent with a register message."""

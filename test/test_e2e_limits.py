@@ -360,3 +360,27 @@ def test_ip_limit_needs_npc_register(
     usage = subprocess.run([str(support.VENV_BIN / "npc"), "register", "-time=2"], capture_output=True,
                            text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert usage.returncode == 2 and "needs -server" in usage.stderr
+
+
+# ---------------------------------------------------------------- max_tunnels ---
+
+
+def test_max_tunnels_counts_npc_conf_tunnels(
+    nps_server: Callable[..., Any], npc_client: Callable[..., Proc], spawn: Callable[..., Proc]
+) -> None:
+    """A stored client's max_tunnels also bounds the tunnels its npc.conf registers."""
+    echo = start_tool_server(spawn, "echo")
+    server = nps_server(start=False)
+    client = server.add_client("quota", "--max-tunnels", "2")
+    stored_port, first, second = support.free_port(), support.free_port(), support.free_port()
+    server.add_tunnel(client.id, stored_port, f"127.0.0.1:{echo}")
+    server.start()
+    conf = support.render_npc_conf(server.bridge_addr, client.vkey, {
+        "one": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": first, "target_addr": f"127.0.0.1:{echo}"},
+        "two": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": second, "target_addr": f"127.0.0.1:{echo}"},
+    })
+    npc = npc_client(conf=conf)
+    support.wait_for_log(npc, "tunnel one is open on the server")
+    support.wait_for_log(npc, "tunnel two refused by the server: max_tunnels 2 reached (1 on the server, 1 from npc.conf)")
+    assert support.until(lambda: echo_from(first), 30, "the first npc.conf tunnel")
+    assert not support.port_open("127.0.0.1", second)
