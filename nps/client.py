@@ -70,6 +70,8 @@ class NpcService(MultiService):
         self.tunnels = list(tunnels)
         #: npc.conf domain sections, routed by the server's vhost listeners.
         self.hosts = list(hosts)
+        #: Re-reads the domain sections on reload (set by nps.tap.client for npc.conf mode).
+        self.reload_hosts: Callable[[], Sequence[Host]] | None = None
         #: npc.conf [health...] sections: checked here, reported to the server (nps.health).
         self.health_checkers = [HealthChecker(reactor, section, self._health_changed) for section in health]
         for checker in self.health_checkers:
@@ -263,6 +265,11 @@ class NpcService(MultiService):
             self.log.error("reload: keeping the running tunnels: {error}", error=str(e))
             return
         self.tunnels = list(tunnels)
+        if self.reload_hosts is not None:
+            try:
+                self.hosts = list(self.reload_hosts())
+            except Exception as e:  # ConfigError: keep the running domains
+                self.log.error("reload: keeping the running domains: {error}", error=str(e))
         self.log.info("reload: npc.conf has {n} tunnels", n=len(self.tunnels))
         if self.current is not None and self.current.mux is not None:
             self.current.mux.send_control(self._register_message())

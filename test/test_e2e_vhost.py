@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -316,3 +317,28 @@ def test_health_check_failover(nps_server: Any, npc_client: Any, tmp_path: Path)
                   timeout=TIMEOUT, what="stopped b1 reported down")
     results = [get() for _ in range(20)]
     assert results == [(200, "b2")] * 20
+
+
+def test_reload_npc_conf_domains(nps_server: Any, npc_client: Any, backends: dict[str, int]) -> None:
+    """
+    SIGHUP makes npc re-read its domain sections: a new domain is routed, a
+    removed one answers 404, an unchanged one keeps working.
+    """
+    server, npc, port = start_vhost(nps_server, npc_client, {
+        "one": {"host": "a.example.com", "target_addr": f"127.0.0.1:{backends['b1']}"},
+        "two": {"host": "b.example.com", "target_addr": f"127.0.0.1:{backends['b2']}"},
+    })
+    conf_path = Path(npc.log_path).parent / "npc.conf"
+    conf_path.write_text(support.render_npc_conf(server.bridge_addr, VKEY, {
+        "one": {"host": "a.example.com", "target_addr": f"127.0.0.1:{backends['b1']}"},
+        "three": {"host": "c.example.com", "target_addr": f"127.0.0.1:{backends['b3']}"},
+    }))
+    npc.kill(signal.SIGHUP)
+
+    def status(host: str) -> bytes:
+        return curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}",
+                    f"http://127.0.0.1:{port}/").stdout
+
+    support.until(lambda: status("c.example.com") == b"200", timeout=TIMEOUT, what="new domain routed")
+    assert status("b.example.com") == b"404"
+    assert status("a.example.com") == b"200"

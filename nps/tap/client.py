@@ -211,7 +211,7 @@ def makeService(options: Options, reactor: Any = None,
             return tunnels_from_config(load_client_config(path, modes=modes))
 
         reload_tunnels = reread
-    return NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
+    service = NpcService(reactor, settings.server_host, settings.server_port, settings.vkey, modes,
                       tunnels=settings.tunnels, remark=common.remark, auto_reconnect=auto_reconnect,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
@@ -220,3 +220,11 @@ def makeService(options: Options, reactor: Any = None,
                       visitors=settings.visitors, hosts=settings.hosts, health=settings.health,
                       limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
                               if getattr(common, key)})
+    if config_path is not None:
+        hosts_path = config_path
+
+        def reread_hosts() -> tuple[Host, ...]:
+            return hosts_from_config(load_client_config(hosts_path, modes=modes))
+
+        service.reload_hosts = reread_hosts
+    return service
