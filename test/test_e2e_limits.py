@@ -176,8 +176,8 @@ def test_flow_limit_ends_open_connections_and_debug_says_why(
 ) -> None:
     """
     With flow_limit=1 (MB) a connection that keeps echoing is cut once the
-    quota is used up, new ones are refused, the log says so and nps's /debug
-    shows the reason for the client.
+    quota is used up, new ones are refused, the log says so, and nps's /debug
+    and `nps client show` give the reason.
     """
     echo = start_tool_server(spawn, "echo")
     debug_port = support.free_port()
@@ -204,6 +204,10 @@ def test_flow_limit_ends_open_connections_and_debug_says_why(
     sessions = [s for s in snapshot["sessions"] if not s["public"]]
     assert sessions and "flow_limit of 1 MB used up" in sessions[0]["limit_reached"]
     assert sessions[0]["limits"]["flow_limit"] == 1
+    # `nps client show` reads the saved traffic counters (saved every 10 s by default).
+    client_id = sessions[0]["client_id"]
+    support.until(lambda: "flow_limit of 1 MB used up" in server.admin("client", "show", str(client_id)).stdout,
+                  60, "nps client show to report the used-up flow")
 
 
 # ------------------------------------------------------ npc.conf [common] limits ---

@@ -311,22 +311,38 @@ def _client_show(args: argparse.Namespace, ctx: _Context) -> int:
     client = ctx.store.get_client(args.id)
     tunnels = ctx.store.list_tunnels(client.id)
     command = npc_command(ctx.server_addr, client.vkey)
+    flow_used = sum(ctx.store.traffic("client").get(client.id, (0, 0)))
+    flow_reason = _flow_used_up(client, flow_used)
     if args.json:
         ctx.print_json(
             {
                 "client": attrs.asdict(client),
                 "tunnels": [t.to_wire() for t in tunnels],
                 "npc_command": command,
+                "flow_used": flow_used,
+                "limit_reached": flow_reason,
             }
         )
         return EXIT_OK
     ctx.print(*_client_lines(client))
+    used_mb = f"{flow_used / (1024 * 1024):.1f} MB" + (f" of {client.flow_limit} MB" if client.flow_limit else "")
+    ctx.print(f"flow used: {used_mb}" + (f" -- {flow_reason}: its connections are refused" if flow_reason else ""))
     ctx.print("", "Start npc with:", command, "")
     if tunnels:
         ctx.print(f"Tunnels ({len(tunnels)}):", *_table(_TUNNEL_HEADERS, _tunnel_rows(tunnels)))
     else:
         ctx.print("No tunnels.")
     return EXIT_OK
+
+
+def _flow_used_up(client: ClientRecord, used: int) -> str:
+    """
+    @return: Why the server refuses the client's connections by its
+        C{flow_limit} (as of the last saved traffic counters), or C{""}.
+    """
+    if client.flow_limit and used >= client.flow_limit * 1024 * 1024:
+        return f"flow_limit of {client.flow_limit} MB used up"
+    return ""
 
 
 def _client_del(args: argparse.Namespace, ctx: _Context) -> int:
