@@ -56,6 +56,8 @@ SELF_LIMITS = ("rate_limit", "flow_limit", "max_conn")
 MAX_REGISTER_HOURS = 24 * 366
 #: Seconds between reloads of the registered addresses (another process may add some).
 REGISTERED_IPS_POLL = 5.0
+#: Seconds an C{npc register} connection may stay.
+REGISTER_SESSION_TIMEOUT = 15.0
 
 
 @attrs.define(eq=False)
@@ -392,6 +394,8 @@ class NpsServer(MultiService):
         if session.register_only:
             self.log.info("client {id}: npc register connection from {remote}", id=session.client_id,
                           remote=session.remote)
+            # It has this long to ask; then it goes (authenticated peers cannot pile these up).
+            self.reactor.callLater(REGISTER_SESSION_TIMEOUT, session.protocol.transport.loseConnection)
             return
         self.sessions[session.client_id] = session
         self.client_counters.setdefault(session.client_id, TrafficCounter())
@@ -783,6 +787,8 @@ class NpsServer(MultiService):
             return
         session.mux.send_control({"type": "ip_registered", "ok": True, "ip": ip, "hours": float(hours),
                                   "expires": expires, "ip_limit": self.config.ip_limit})
+        if session.register_only:
+            session.mux.go_away(GoAwayCode.NORMAL, "registered")
 
     def _reload_registered_ips(self) -> None:
         now = self.reactor.seconds()
