@@ -411,6 +411,8 @@ class NpsServer(MultiService):
     def session_ended(self, session: ClientSession) -> None:
         if session.register_only:
             return
+        if session.public:
+            self.limiters.pop(session.client_id, None)  # its id is never used again
         reason = session.mux.close_reason if session.mux is not None else "closed"
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
