@@ -321,16 +321,18 @@ def npc_conf(server: Any, vkey: str, sections: dict[str, dict[str, object]], **c
 
 
 def test_config_mode_public_vkey(nps_server: Callable[..., Any], go_npc: Callable[..., Any], echo: EchoServer,
-                                 udp_echo: UdpEcho, tmp_path: Path) -> None:
+                                 udp_echo: UdpEcho, http_backend: Any, tmp_path: Path) -> None:
     """npc -config with public_vkey: tcp, udp, file and secret tunnels and a domain section from its
     npc.conf; `npc status` lists them; a secret visitor (another Go npc) reaches the secret target."""
-    server = legacy_server(nps_server, public_vkey=PUBLIC_VKEY)
+    http_port = support.free_port()
+    server = legacy_server(nps_server, public_vkey=PUBLIC_VKEY, http_proxy_ip="127.0.0.1",
+                           http_proxy_port=http_port)
     tcp_port, udp_port, file_port, visit_port = (support.free_port() for _ in range(4))
     share = tmp_path / "share"
     share.mkdir()
     (share / "a.txt").write_text("served by the Go npc\n")
     conf = npc_conf(server, PUBLIC_VKEY, {
-        "web": {"host": "legacy.example.test", "target_addr": f"127.0.0.1:{echo.port}"},
+        "web": {"host": "legacy.example.test", "target_addr": f"127.0.0.1:{http_backend.port}"},
         "tcp1": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": tcp_port,
                  "target_addr": f"127.0.0.1:{echo.port}"},
         "udp1": {"mode": "udp", "server_ip": "127.0.0.1", "server_port": udp_port,
@@ -348,8 +350,13 @@ def test_config_mode_public_vkey(nps_server: Callable[..., Any], go_npc: Callabl
         return subprocess.run(["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{file_port}/web/a.txt"],
                               capture_output=True, timeout=30).stdout
 
+    def fetch_domain() -> bytes:
+        return subprocess.run(["curl", "-sf", "--max-time", "10", "-H", "Host: legacy.example.test",
+                               f"http://127.0.0.1:{http_port}/hello.txt"], capture_output=True, timeout=30).stdout
+
     if shutil.which("curl"):
         support.until(lambda: fetch_file() == b"served by the Go npc\n", what="file mode")
+        support.until(lambda: fetch_domain() == http_backend.HELLO, what="domain through the Go npc")
     visitor = go_npc(f"-server={server.bridge_addr}", f"-vkey={PUBLIC_VKEY}", "-type=tcp",
                      "-password=legacy-secret-pw", "-local_type=secret", f"-local_port={visit_port}", name="visitor")
     support.wait_for_port("127.0.0.1", visit_port, proc=visitor)
@@ -357,7 +364,7 @@ def test_config_mode_public_vkey(nps_server: Callable[..., Any], go_npc: Callabl
     status = go_npc("status", f"-config={Path(npc.argv[-1].split('=', 1)[1])}", name="status")
     assert status.wait(30) == 0
     text = status.log_text()
-    assert "tcp1 ok" in text and "udp1 ok" in text, text
+    assert "tcp1 ok" in text and "udp1 ok" in text and "web ok" in text, text
     assert "legacy 0.26" in client_list(server)
 
 

@@ -85,6 +85,8 @@ class LegacyClient:
     compress: bool = False
     #: Tunnels (ids) opened by its C{conf} connection, waiting for or owned by its session.
     tunnels: list[int] = attrs.field(factory=list)
+    #: Domains (our host wire records) from its C{conf} connection, routed once its session starts.
+    hosts: list[dict[str, Any]] = attrs.field(factory=list)
     expiry: IDelayedCall | None = None
 
 
@@ -173,6 +175,7 @@ class LegacyHandle:
         self.chan: LegacyConnection | None = None
         self.transport: Any = None
         self.closed = False
+        self.session: Any = None
 
     def close(self, reason: str) -> None:
         if self.mux is not None and not self.mux.chan.close_reason:
@@ -320,10 +323,17 @@ class LegacyRegistry:
         client.expiry = None
         self._pending.pop(client.client_id, None)
         self.handles[client.client_id] = (session, handle)
+        handle.session = session
         log.warn("client {id} ({remark}) logged in with the NPS 0.26 protocol from {remote}: its vkey check is "
                  "md5 only (replayable by anyone who sees the bridge traffic), the bridge is not encrypted",
                  id=client.client_id, remark=remark, remote=handle.peer)
         server.session_started(session)
+        hosts, client.hosts = client.hosts, []
+        if hosts:
+            for result in server.vhosts.register(session, hosts):
+                if not result.get("ok"):
+                    log.warn("legacy client {id}: domain {remark!r} refused: {error}", id=client.client_id,
+                             remark=result.get("remark"), error=result.get("error"))
 
     def _connection_lost(self, client: LegacyClient, handle: LegacyHandle, reason: str) -> None:
         assert client.client_id is not None
@@ -426,10 +436,31 @@ class LegacyRegistry:
         return gatherResults(results).addCallback(done)
 
     def running_remarks(self, client_id: int) -> list[str]:
-        """Remarks of C{client_id}'s open tunnels (C{npc status})."""
-        remarks = [running.tunnel.remark for running in self.server.tunnels.values()
-                   if running.tunnel.client_id == client_id and running.port is not None]
+        """Remarks of C{client_id}'s domains and open tunnels (C{npc status})."""
+        remarks = [route.host.remark for route in self.server.vhosts.registry
+                   if route.host.client_id == client_id]
+        remarks += [running.tunnel.remark for running in self.server.tunnels.values()
+                    if running.tunnel.client_id == client_id and running.port is not None]
         return remarks
+
+    def check_host(self, client: LegacyClient, record: dict[str, Any]) -> str | None:
+        """Accept one NPS C{host} record for C{client} (routed when its session starts); None or why not."""
+        from nps.model import Host
+        from nps.vhost.service import MAX_CONFIG_HOSTS, check_host_record
+
+        if len(client.hosts) >= MAX_CONFIG_HOSTS:
+            return f"more than {MAX_CONFIG_HOSTS} domains from one config file"
+        try:
+            wire = host_from_nps(record)
+            host = Host.from_wire(dict(wire, client_id=client.client_id or 0))
+            check_host_record(host)
+        except ValueError as e:
+            return str(e)
+        other = self.server.vhosts.registry.conflict(host)
+        if other is not None and other.host.client_id != client.client_id:
+            return f"{host.host}{host.location} is already routed to client {other.host.client_id}"
+        client.hosts.append(wire)
+        return None
 
     def secret_tunnel(self, digest: bytes) -> Any:
         """The running secret tunnel whose C{md5(password)} is C{digest}, or None."""
@@ -483,6 +514,29 @@ def expand_ports(text: str) -> list[int]:
             raise ValueError(f"more than {MAX_PORTS} ports in {text!r}")
         ports.extend(range(start, end + 1))
     return ports
+
+
+def host_from_nps(record: dict[str, Any]) -> dict[str, Any]:
+    """Our host wire record for an NPS C{file.Host} record from an npc.conf.
+
+    @raise ValueError: naming what is missing.
+    """
+    name = record.get("Host")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("domain has no host")
+    target = record.get("Target") if isinstance(record.get("Target"), dict) else {}
+    assert isinstance(target, dict)
+    targets = [_target(t) for t in str(target.get("TargetStr", "") or "").replace("\n", ",").split(",")
+               if t.strip()]
+    headers: dict[str, str] = {}
+    for line in str(record.get("HeaderChange", "") or "").split("\n"):
+        header, sep, value = line.partition(":")
+        if sep and header.strip():
+            headers[header.strip()] = value.strip()
+    return {"id": 0, "client_id": 0, "host": name.strip(), "location": str(record.get("Location", "") or "/"),
+            "scheme": str(record.get("Scheme", "") or "all"), "targets": targets,
+            "host_change": str(record.get("HostChange", "") or ""), "headers": headers,
+            "remark": str(record.get("Remark", ""))[:128]}
 
 
 def _target(text: str) -> str:
@@ -689,8 +743,17 @@ class LegacyConnection:
             if body is None:
                 reader._reader._pos -= 4
                 return
-            log.info("legacy client {id}: health report {report}", id=self.client.client_id if self.client else "?",
-                     report=body.decode("utf-8", "replace"))
+            self._health(body.decode("utf-8", "replace"))
+
+    def _health(self, report: str) -> None:
+        """NPS's C{"target*#*0|1*#*"}: a target of the client's load balancing went down (0) or up (1)."""
+        parts = report.split(lh.LIST_SEP)
+        client = self.client
+        entry = self.registry.handles.get(client.client_id or 0) if client is not None else None
+        if len(parts) < 2 or parts[1] not in ("0", "1") or entry is None:
+            log.info("legacy bridge: {peer}: ignoring health report {report!r}", peer=self.peer, report=report[:300])
+            return
+        self.server.vhosts.health(entry[0], {"type": "health", "target": parts[0], "up": parts[1] == "1"})
 
     def _register_data(self, data: bytes) -> None:
         reader = self._reader
@@ -817,10 +880,13 @@ class LegacyConnection:
                 client.client_id):
             self.client = client = self.registry.private_client(client)
         if message.flag == lh.CONF_HOST:
-            log.warn("legacy client {id}: domain {host!r} from its npc.conf: domain (vhost) routing is not "
-                     "served by this server yet; accepted and ignored", id=client.client_id,
-                     host=str(record.get("Host", ""))[:255])
-            transport.write(lh.bool_byte(True))
+            error = self.registry.check_host(client, record)
+            if error:
+                log.warn("legacy client {id}: domain {host!r} from its npc.conf refused: {error}",
+                         id=client.client_id, host=str(record.get("Host", ""))[:255], error=error)
+            transport.write(lh.bool_byte(error is None))
+            if error:
+                transport.loseConnection()
             return
         # CONF_TASK: one answer per task (NPS sent one per port, but its npc reads one).
         self._busy = True
