@@ -265,6 +265,43 @@ def test_socks5_and_http_proxy(nps_server: Callable[..., Any], go_npc: Callable[
     support.until(lambda: fetch("-x", f"http://127.0.0.1:{http_port}") == expected, what="http proxy")
 
 
+def test_socks5_udp_associate(nps_server: Callable[..., Any], go_npc: Callable[..., Any], udp_echo: UdpEcho) -> None:
+    """SOCKS5 UDP ASSOCIATE through a Go npc (NPS's udp5 link): datagrams reach a UDP echo and come back
+    with the SOCKS UDP header of the echo's address."""
+    import struct
+
+    server = legacy_server(nps_server)
+    client = server.add_client("router")
+    port = support.free_port()
+    server.admin("tunnel", "add", "--client", str(client.id), "--mode", "socks5", "--port", str(port),
+                 "--server-ip", "127.0.0.1", check=True)
+    go_npc(f"-server={server.bridge_addr}", f"-vkey={client.vkey}", "-type=tcp")
+    support.until(lambda: "legacy 0.26" in client_list(server), what="client online")
+    control = socket.create_connection(("127.0.0.1", port), timeout=10)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(1.0)
+    try:
+        control.sendall(b"\x05\x01\x00")
+        assert control.recv(2) == b"\x05\x00"
+        control.sendall(b"\x05\x03\x00\x01" + bytes(6))
+        reply = control.recv(10)
+        assert reply[:2] == b"\x05\x00", reply
+        relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+        header = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", udp_echo.port)
+
+        def exchange() -> bytes | None:
+            udp.sendto(header + b"via-udp5", relay)
+            try:
+                return udp.recvfrom(65535)[0]
+            except OSError:
+                return None
+
+        assert support.until(exchange, timeout=30, what="udp5 answer") == header + b"echo:via-udp5"
+    finally:
+        control.close()
+        udp.close()
+
+
 def test_crypt_and_compress_client(nps_server: Callable[..., Any], go_npc: Callable[..., Any],
                                    echo: EchoServer) -> None:
     """A client record with crypt (TLS per stream) and one with compress (snappy) both carry 2 MB intact."""

@@ -46,6 +46,7 @@ from nps.legacy.crypt import Codec, CodecError
 from nps.mux import StreamAddress, StreamRefused
 from nps.protocols import legacy_mux as lm
 from nps.protocols.datagrams import DatagramFrameError, DatagramParser, encode_datagram
+from nps.protocols.legacy_link import LengthPrefixedParser, LinkError
 
 __all__ = ["LegacyMux", "LegacyStream", "RECEIVE_WINDOW"]
 
@@ -78,7 +79,8 @@ class LegacyStream:
     log = Logger()
 
     def __init__(self, mux: "LegacyMux", stream_id: int, link: dict[str, Any], *, preamble: bytes = b"",
-                 codec: Codec | None = None, datagrams: bool = False, accepted: bool = False) -> None:
+                 codec: Codec | None = None, datagrams: bool = False, prefixed_replies: bool = False,
+                 accepted: bool = False) -> None:
         self.mux = mux
         self.stream_id = stream_id
         self.link = link
@@ -90,7 +92,9 @@ class LegacyStream:
         self._preamble = preamble
         self._codec = codec
         self._datagrams = DatagramParser() if datagrams else None
-        self._reassembly: bytearray | None = bytearray() if datagrams else None
+        #: NPS's udp5 answers come as int32-length-prefixed datagrams in a byte stream.
+        self._prefixed = LengthPrefixedParser() if prefixed_replies else None
+        self._reassembly: bytearray | None = bytearray() if datagrams and not prefixed_replies else None
         self._send_max = lm.INITIAL_WINDOW
         self._in_flight = 0
         self._outbuf: deque[_Message] = deque()
@@ -346,7 +350,13 @@ class LegacyStream:
                 self._flush()
         else:
             plain = payload
-        if self._datagrams is not None and plain:
+        if self._prefixed is not None:
+            try:
+                plain = b"".join(encode_datagram(d[:65535]) for d in self._prefixed.feed(plain))
+            except LinkError as e:
+                self.reset(str(e))
+                return
+        elif self._datagrams is not None and plain:
             plain = encode_datagram(plain[:65535])
         # Credit is counted in wire bytes but given back when the plain bytes are taken.
         self._inbuf.append(plain)
@@ -485,7 +495,8 @@ class LegacyMux:
         return self._closed
 
     def start_stream(self, link: dict[str, Any], *, preamble: bytes = b"", codec: Codec | None = None,
-                     datagrams: bool = False, timeout: float = OPEN_TIMEOUT) -> LegacyStream:
+                     datagrams: bool = False, prefixed_replies: bool = False,
+                     timeout: float = OPEN_TIMEOUT) -> LegacyStream:
         """Send C{newConn} and return the stream at once; C{stream.opened} fires on C{newConnOk}.
 
         @raise StreamRefused: the bridge is closed or has too many streams.
@@ -495,7 +506,8 @@ class LegacyMux:
         if len(self._streams) >= MAX_STREAMS:
             raise StreamRefused("too many streams on this bridge")
         stream_id = self._allocate_id()
-        stream = LegacyStream(self, stream_id, link, preamble=preamble, codec=codec, datagrams=datagrams)
+        stream = LegacyStream(self, stream_id, link, preamble=preamble, codec=codec, datagrams=datagrams,
+                              prefixed_replies=prefixed_replies)
         self._streams[stream_id] = stream
         d: Deferred[LegacyStream] = Deferred(lambda _: self._cancel_open(stream, "cancelled"))
         timer = self._clock.callLater(timeout, self._cancel_open, stream, "peer did not answer in time")

@@ -129,8 +129,6 @@ class LegacySessionMux:
                 raise StreamRefused("this NPS 0.26 client has no file connection (its npc.conf needs the "
                                     "file tunnel)")
             return self.file.start_stream(link, timeout=timeout)
-        if mode == "socks5_udp":
-            raise StreamRefused("SOCKS5 UDP through an NPS 0.26 client is not supported")
         if mode not in CONN_TYPES:
             raise StreamRefused(f"mode {mode!r} cannot be carried to an NPS 0.26 client")
         try:
@@ -142,7 +140,9 @@ class LegacySessionMux:
             codec = TlsCodec(server_context(), server=True)
         elif compress:
             codec = SnappyCodec()
-        return self.chan.start_stream(link, preamble=header, codec=codec, datagrams=mode in DATAGRAM_TYPES,
+        udp5 = mode == "socks5_udp"
+        return self.chan.start_stream(link, preamble=header, codec=codec,
+                                      datagrams=mode in DATAGRAM_TYPES or udp5, prefixed_replies=udp5,
                                       timeout=timeout)
 
     def send_control(self, message: dict[str, Any]) -> None:

@@ -42,7 +42,8 @@ def to_legacy(link: dict[str, Any], crypt: bool = False, compress: bool = False)
     conn_type = CONN_TYPES.get(mode)
     if conn_type is None:
         raise LinkError(f"mode {mode!r} cannot be carried to an NPS 0.26 client")
-    return {"ConnType": conn_type, "Host": str(link.get("target", "")), "Crypt": bool(crypt),
+    host = "" if conn_type == "udp5" else str(link.get("target", ""))
+    return {"ConnType": conn_type, "Host": host, "Crypt": bool(crypt),
             "Compress": bool(compress), "LocalProxy": False, "RemoteAddr": str(link.get("remote", "")),
             "Option": {"Timeout": DIAL_TIMEOUT_NS}}
 
@@ -100,3 +101,32 @@ class LinkReader:
         rest = bytes(self._buf[4 + size:])
         self._buf = bytearray()
         return link, rest
+
+
+#: Largest SOCKS5 UDP datagram an NPS client may send back (header + a full UDP payload).
+MAX_UDP5_DATAGRAM = 65535 + 262
+
+
+class LengthPrefixedParser:
+    """Splits NPS's C{udp5} return stream (C{int32 LE} length + SOCKS5 UDP datagram, repeated) into datagrams."""
+
+    def __init__(self, limit: int = MAX_UDP5_DATAGRAM) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The datagrams completed by C{data}; raise L{LinkError} on a bad length."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = struct.unpack_from("<i", buf, pos)
+            if not 0 < size <= self._limit:
+                raise LinkError(f"udp5 datagram length {size} is outside 1..{self._limit}")
+            if len(buf) - pos - 4 < size:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + size]))
+            pos += 4 + size
+        del buf[:pos]
+        return out
