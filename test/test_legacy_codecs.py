@@ -197,3 +197,16 @@ def test_snappy_codec() -> None:
     """The compress codec is the snappy stream both ways."""
     a, b = SnappyCodec(), SnappyCodec()
     assert b.decode(a.encode(b"x" * 1000)) == (b"x" * 1000, b"")
+
+
+@settings(max_examples=50)
+@given(st.lists(st.binary(min_size=1, max_size=3000), max_size=6), st.lists(st.integers(0, 20000), max_size=6))
+def test_udp5_reply_stream(datagrams: list[bytes], cuts: list[int]) -> None:
+    """NPS's udp5 replies (int32 length + datagram, back to back) split back into the datagrams."""
+    from nps.protocols.legacy_link import LengthPrefixedParser
+
+    wire = b"".join(struct.pack("<i", len(d)) + d for d in datagrams)
+    parser = LengthPrefixedParser()
+    assert [d for piece in _split(wire, cuts) for d in parser.feed(piece)] == datagrams
+    with pytest.raises(LinkError, match="outside"):
+        LengthPrefixedParser().feed(struct.pack("<i", -1))
