@@ -179,3 +179,17 @@ def test_tunnels_from_task() -> None:
             assert message in str(e)
         else:
             raise AssertionError(record)
+
+
+def test_legacy_bridge_key() -> None:
+    """legacy_bridge is off unless nps.conf says true; bad values are errors naming the key."""
+    from nps.config import ConfigError, parse_server_config
+
+    assert parse_server_config("", "nps.conf").legacy_bridge is False
+    assert parse_server_config("legacy_bridge=true\n", "nps.conf").legacy_bridge is True
+    try:
+        parse_server_config("legacy_bridge=maybe\n", "nps.conf")
+    except ConfigError as e:
+        assert "legacy_bridge" in str(e)
+    else:
+        raise AssertionError("accepted legacy_bridge=maybe")
