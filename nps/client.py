@@ -22,6 +22,7 @@ from nps.health import HealthChecker
 from nps.model import Host, Tunnel, describe_link
 from nps.mux import MuxStream
 from nps.streamcodec import CodecError, CodecProtocol, codec_for
+from nps.bridge.quic_transport import QuicBridgeClient
 from nps.tlsbridge import TlsClient
 from nps.p2p.peer import P2PClient
 from nps.visitor import Visitor, listen_visitor
@@ -59,7 +60,7 @@ class NpcService(MultiService):
         health: Sequence[HealthSection] = (),
         crypt: bool = False,
         compress: bool = False,
-        tls: TlsClient | None = None,
+        tls: TlsClient | QuicBridgeClient | None = None,
         limits: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
@@ -158,6 +159,11 @@ class NpcService(MultiService):
 
         def unreachable(failure: Failure) -> None:
             self._attempt = None
+            mismatch = self.tls.take_mismatch() if self.tls is not None else None
+            if mismatch is not None:  # the UDP bridge checks its certificate before the bridge protocol runs
+                self.log.critical("{message}", message=mismatch)
+                self._fatal(1, f"refusing the server's certificate: {mismatch}")
+                return
             if self.running:
                 self.log.warn("cannot reach server {server}: {message}", server=self.server,
                               message=failure.getErrorMessage())

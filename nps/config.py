@@ -651,7 +651,7 @@ _SERVER_KEYS: dict[str, _Key] = {
     "runmode": _Key(_to_str, True),
     "bridge_ip": _Key(_to_ip, True),
     "bridge_port": _Key(_to_port, True),
-    "bridge_type": _Key(_choice_converter("tcp", "kcp", "tls"), True),
+    "bridge_type": _Key(_choice_converter("tcp", "kcp", "quic", "tls"), True),
     "tls_enable": _Key(_to_bool, True),
     "tls_bridge_port": _Key(_to_port, True),
     "tls_cert_file": _Key(_to_str, True),
@@ -766,7 +766,7 @@ def parse_server_config(text: str, path: str) -> ServerConfig:
         if key == "data_dir":
             converted = os.path.normpath(os.path.join(os.path.dirname(path) or ".", converted))
         values[key] = converted
-        if key == "bridge_type" and converted not in ("tcp", "tls"):
+        if key == "bridge_type" and converted not in ("tcp", "tls", "kcp", "quic"):
             unsupported.append(key)
             notes.append(
                 (number, f"{path}:{number}: bridge_type {converted!r} is accepted but not supported yet (using it fails at start)")
@@ -870,7 +870,7 @@ class CommonConfig:
 _COMMON_KEYS: dict[str, _Key] = {
     "server_addr": _Key(_to_address, True),
     "vkey": _Key(_to_str, True),
-    "conn_type": _Key(_choice_converter("tcp", "kcp", "tls"), True),
+    "conn_type": _Key(_choice_converter("tcp", "kcp", "quic", "tls"), True),
     "auto_reconnection": _Key(_to_bool, True),
     "basic_username": _Key(_to_str, True),
     "basic_password": _Key(_to_str, True),
@@ -1258,7 +1258,7 @@ def _build_common(reader: _Reader, unsupported: list[str]) -> CommonConfig:
             continue
         converted = _convert_or_raise(reader, key, spec.convert)
         values[key] = converted
-        if key == "conn_type" and converted not in ("tcp", "tls"):
+        if key == "conn_type" and converted not in ("tcp", "tls", "kcp", "quic"):
             unsupported.append(key)
             reader.warn(line, f"conn_type {converted!r} is accepted but not supported yet")
         elif not spec.built and converted != getattr(_COMMON_DEFAULTS, key):

@@ -32,6 +32,7 @@ from nps.protocols.handshake import key_id
 from nps.ratelimit import LimitedStream, RateLimiter
 from nps.stats import TrafficCounter
 from nps.streamcodec import CodecError, session_link, wrap_protocol
+from nps.bridge.quic_transport import listen_udp_bridge
 from nps.tlsbridge import listen_extra_tls, tls_factory
 from nps.store import AsyncStore, Snapshot, Store
 from nps.vhost.service import VhostService
@@ -214,6 +215,8 @@ class NpsServer(MultiService):
         self._p2p_port: Any = None
         self._bridge_port: Any = None
         self._tls_port: Any = None
+        #: bridge_type=kcp|quic: the UDP (QUIC) bridge on bridge_port's number (nps.bridge.quic_transport).
+        self.udp_bridge: Any = None
         self._poller = LoopingCall(self._poll_store)
         self._poller.clock = reactor
         #: Seconds a stopping server waits for open connections to finish.
@@ -263,8 +266,9 @@ class NpsServer(MultiService):
         address = self._bridge_port.getHost()
         self.log.info("bridge listening on {host}:{port} (protocol nps/{v})",
                       host=address.host, port=address.port, v=__version__)
-        self.vhosts.listen()
         self._tls_port = listen_extra_tls(self.reactor, self.config, factory)
+        self.udp_bridge = listen_udp_bridge(self.reactor, self.config, factory)
+        self.vhosts.listen()
         self._listen_p2p()
         self._initial = snapshot
         super().privilegedStartService()
@@ -284,12 +288,14 @@ class NpsServer(MultiService):
             self._poller.stop()
         if self._bridge_port is not None:
             yield self._bridge_port.stopListening()
-        yield self.vhosts.stop()
         if self._tls_port is not None:
             yield self._tls_port.stopListening()
+        if self.udp_bridge is not None:
+            self.udp_bridge.stop_accepting()  # its sessions live on the port: it closes last
         if self._p2p_port is not None:
             yield self._p2p_port.stopListening()
             self._p2p_port = None
+        yield self.vhosts.stop()
         for tunnel_id in list(self.tunnels):
             yield self._close_tunnel(tunnel_id)
         yield self._drain()
@@ -300,6 +306,9 @@ class NpsServer(MultiService):
         for session in sessions:
             if session.mux is not None:
                 session.mux.go_away(GoAwayCode.SHUTDOWN, "server shutting down; reconnect shortly")
+        if self.udp_bridge is not None:
+            yield self.udp_bridge.close()
+            self.udp_bridge = None
         yield super().stopService()
 
     @inlineCallbacks

@@ -342,13 +342,13 @@ def apply_client_flags(common: Any, type_flag: str | None, ca: str | None, serve
     import attrs
 
     changes: dict[str, str] = {}
-    if type_flag in ("tcp", "tls"):
+    if type_flag in ("tcp", "tls", "kcp", "quic"):
         changes["conn_type"] = type_flag
     for key, value in (("tls_ca", ca), ("tls_server_name", server_name), ("tls_known_servers", known_servers)):
         if value:
             changes[key] = value
     common = attrs.evolve(common, **changes)
-    if common.conn_type == "tls" and common.tls_ca:
+    if common.conn_type in ("tls", "kcp", "quic") and common.tls_ca:
         TlsClient("localhost", 1, ca_file=common.tls_ca)  # fail now if the CA file is unusable
     return common
 

@@ -333,14 +333,15 @@ def test_server_unsupported_only_when_not_default() -> None:
     assert c.warnings == ()
 
 
-def test_server_kcp_kept_with_warning() -> None:
+@pytest.mark.parametrize("value", ["KCP", "quic"])
+def test_server_kcp_is_the_udp_bridge(value: str) -> None:
     """
-    C{bridge_type=kcp} is kept but reported as not supported yet.
+    C{bridge_type=kcp} (NPS's name) and C{quic} select the UDP (QUIC) bridge: supported, no warning.
     """
-    c = server("bridge_type=KCP\n")
-    assert c.bridge_type == "kcp"
-    assert c.unsupported == ("bridge_type",)
-    assert "bridge_type 'kcp' is accepted but not supported yet" in c.warnings[0]
+    c = server(f"bridge_type={value}\n")
+    assert c.bridge_type == value.lower()
+    assert c.unsupported == ()
+    assert c.warnings == ()
 
 
 def test_server_syntax() -> None:
@@ -408,7 +409,7 @@ def test_server_duplicate_bad_value_earlier_is_ignored() -> None:
         ("log_level=debug", 1, "log_level", "not an integer: 'debug' (expected an integer 0-7)"),
         ("disconnect_timeout=0", 1, "disconnect_timeout", "out of range: '0' (expected an integer >= 1)"),
         ("flow_store_interval=1.5", 1, "flow_store_interval", "not an integer: '1.5' (expected an integer >= 0)"),
-        ("bridge_type=udp", 1, "bridge_type", "unknown value 'udp' (expected one of tcp, kcp, tls)"),
+        ("bridge_type=udp", 1, "bridge_type", "unknown value 'udp' (expected one of tcp, kcp, quic, tls)"),
         ("bridge_ip=localhost", 1, "bridge_ip", "not an IP address: 'localhost'"),
         ("web_ip=1.2.3", 1, "web_ip", "not an IP address: '1.2.3'"),
         ("allow_ports=9001-abc", 1, "allow_ports", None),
@@ -660,13 +661,14 @@ def test_client_common_defaults() -> None:
     assert (c.tunnels, c.hosts, c.visitors, c.health, c.warnings) == ((), (), (), (), ())
 
 
-def test_client_kcp_warns() -> None:
+@pytest.mark.parametrize("value", ["kcp", "quic"])
+def test_client_kcp_is_the_udp_bridge(value: str) -> None:
     """
-    C{conn_type=kcp} is kept and reported as not supported yet.
+    C{conn_type=kcp} / C{quic} select the UDP (QUIC) bridge: supported, no warning.
     """
-    c = client("[common]\nconn_type=kcp\n")
-    assert c.common.conn_type == "kcp"
-    assert c.unsupported == ("conn_type",)
+    c = client(f"[common]\nconn_type={value}\n")
+    assert c.common.conn_type == value
+    assert c.unsupported == ()
 
 
 @pytest.mark.parametrize(
@@ -706,7 +708,7 @@ def test_client_ipv6_server_addr() -> None:
         ("crypt=2", "crypt"),
         ("rate_limit=-5", "rate_limit"),
         ("disconnect_timeout=0", "disconnect_timeout"),
-        ("conn_type=quic", "conn_type"),
+        ("conn_type=udp", "conn_type"),
         ("proxy_url=ftp://h:1", "proxy_url"),
         ("proxy_url=socks5://nohostport", "proxy_url"),
         ("pprof_addr=9999", "pprof_addr"),

@@ -210,6 +210,11 @@ class QuicStream:
     def __repr__(self) -> str:
         return f"<QuicStream {self.stream_id} {self.session.peer}>"
 
+    @property
+    def connected(self) -> bool:
+        """True until the stream has ended (like a TCP transport's C{connected}; the mux reads it)."""
+        return not self._finished
+
     # -- ITransport ----------------------------------------------------------
 
     def write(self, data: bytes) -> None:

@@ -13,8 +13,9 @@ from twisted.python import usage
 from nps.config import ClientConfig, CommonConfig, ConfigError, load_client_config, parse_host_port
 from nps.access import DENY_OPTION
 from nps.accounts import ACCOUNTS_OPTION, format_accounts, parse_accounts
-from nps.tlsbridge import TlsSetupError, apply_client_flags, client_tls
 from nps.config import HealthSection
+from nps.bridge.quic_transport import client_udp
+from nps.tlsbridge import TlsSetupError, apply_client_flags, client_tls
 from nps.model import Host, Tunnel
 from nps.visitor import Visitor
 
@@ -89,7 +90,8 @@ class Options(usage.Options):
         ["config", "c", None, "Path to npc.conf (config-file mode)."],
         ["server", "s", None, "Server bridge address HOST:PORT (no-config mode; env NPC_SERVER_ADDR)."],
         ["vkey", "k", None, "Client key (env NPC_SERVER_VKEY)."],
-        ["type", "t", None, "Bridge transport: tcp or tls (default: npc.conf's conn_type, else tcp)."],
+        ["type", "t", None, "Bridge transport: tcp, tls, or kcp/quic (UDP: QUIC) (default: npc.conf's conn_type, "
+                            "else tcp)."],
         ["tls_ca", None, None, "-type=tls: verify the server against this CA file (else pin on first use)."],
         ["tls_server_name", None, None, "-type=tls with -tls_ca: the name the certificate must carry."],
         ["tls_known_servers", None, None, "-type=tls: trust-on-first-use file (default ~/.config/npc/known_servers)."],
@@ -112,7 +114,7 @@ class Options(usage.Options):
         server = self["server"] or os.environ.get("NPC_SERVER_ADDR", "")
         vkey = self["vkey"] or os.environ.get("NPC_SERVER_VKEY", "")
         warnings: list[str] = []
-        if self["type"] not in (None, "tcp", "tls"):
+        if self["type"] not in (None, "tcp", "tls", "kcp", "quic"):
             warnings.append(f"bridge type {self['type']!r} is not supported yet; using tcp")
         config_path = self["config"]
         if not (server and vkey) and not config_path and os.path.exists("conf/npc.conf"):
@@ -216,7 +218,8 @@ def makeService(options: Options, reactor: Any = None,
                       disconnect_timeout=common.disconnect_timeout, on_fatal=on_fatal,
                       reload_tunnels=reload_tunnels, debug_addr=common.pprof_addr,
                       crypt=common.crypt, compress=common.compress,
-                      tls=client_tls(settings.server_host, settings.server_port, common),
+                      tls=(client_tls(settings.server_host, settings.server_port, common)
+                           or client_udp(settings.server_host, settings.server_port, common)),
                       visitors=settings.visitors, hosts=settings.hosts, health=settings.health,
                       limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
                               if getattr(common, key)})
