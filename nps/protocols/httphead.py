@@ -174,6 +174,13 @@ class HeadReader:
 
     def feed(self, data: bytes) -> bytes | None:
         buffer = self._buffer
+        if not buffer and data[:1] not in (b"\r", b"\n"):
+            # Fast path: a whole head in one read (the usual case).
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end <= self.max_size and data.find(b"\n\n", 0, end) < 0 and \
+                    data.find(b"\n\r\n", 0, end) < 0:
+                buffer += data[end + 4:]
+                return data[:end + 4]
         buffer += data
         if self._scanned == 0:
             start = 0
@@ -279,18 +286,36 @@ def parse_request_head(head: bytes) -> RequestHead:
     return request
 
 
+#: Response headers the proxy needs to follow the framing; the others pass through unread.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
 def parse_response_head(head: bytes) -> ResponseHead:
     """
-    Parse a response head from a backend.
+    Parse a response head from a backend, keeping only the headers that
+    decide its framing (the head itself is passed on byte for byte).
 
-    @raise HttpError: 502 for anything malformed.
+    @raise HttpError: 502 for a malformed status line or header line.
     """
     lines = _lines(head)
     match = _STATUS.fullmatch(lines[0]) if lines else None
     if match is None:
         raise HttpError(502, "malformed status line from the backend")
+    if len(lines) > MAX_HEADERS + 1:
+        raise HttpError(502, f"more than {MAX_HEADERS} header lines from the backend")
     version = (int(match.group(1)), int(match.group(2)))
-    return ResponseHead(int(match.group(3)), version, _parse_headers(lines[1:], 502))
+    headers = []
+    for line in lines[1:]:
+        colon = line.find(b":")
+        if colon <= 0 or line[:1] in (b" ", b"\t"):
+            raise HttpError(502, f"malformed header line from the backend: {line[:40]!r}")
+        name = line[:colon].lower()
+        if name in _FRAMING:
+            value = line[colon + 1:].strip(b" \t")
+            if _BAD_VALUE.search(value) is not None:
+                raise HttpError(502, "control character in a framing header from the backend")
+            headers.append((name, value))
+    return ResponseHead(int(match.group(3)), version, tuple(headers))
 
 
 class BodyReader:

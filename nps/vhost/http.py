@@ -150,11 +150,14 @@ class _ResponseTracker:
         size = len(data)
         while pos < size:
             if self.body is None:
-                head = self._reader.feed(data[pos:] if pos else data)
-                if head is None:
-                    return b"".join(out), b"", False
-                rest = self._reader.take_rest()
-                pos = size - len(rest)
+                head = _whole_head(data, pos) if not self._reader.pending else None
+                if head is not None:
+                    pos += len(head)
+                else:
+                    head = self._reader.feed(data[pos:] if pos else data)
+                    if head is None:
+                        return b"".join(out), b"", False
+                    pos = size - len(self._reader.take_rest())
                 response = parse_response_head(head)
                 out.append(head)
                 self.started = True
@@ -169,11 +172,21 @@ class _ResponseTracker:
                 if self.body.done:
                     return b"".join(out), data[pos:], True
             else:
-                taken = self.body.feed(data[pos:])
-                out.append(data[pos:pos + taken])
+                rest = data[pos:]
+                taken = self.body.feed(rest)
+                out.append(rest if taken == len(rest) else rest[:taken])
                 pos += taken
                 return b"".join(out), data[pos:], self.body.done
         return b"".join(out), b"", False
+
+
+def _whole_head(data: bytes, pos: int) -> bytes | None:
+    """The head at C{data[pos:]} when it is all there with CRLF line ends (the usual case), else None."""
+    end = data.find(b"\r\n\r\n", pos, pos + MAX_RESPONSE_HEAD)
+    if end < 0 or data[pos:pos + 1] in (b"\r", b"\n") or data.find(b"\n\n", pos, end) >= 0 \
+            or data.find(b"\n\r\n", pos, end) >= 0:
+        return None
+    return data[pos:end + 4]
 
 
 class _Backend(Protocol):
