@@ -163,3 +163,40 @@ def test_basic_auth() -> None:
         else:
             assert transport.value().startswith(b"HTTP/1.1 401 Unauthorized\r\n")
             assert b"WWW-Authenticate: Basic" in transport.value() and not service.streams
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from nps.vhost.http import _ResponseTracker  # noqa: E402
+
+
+def _response(kind: str, body: bytes, lf_only: bool) -> bytes:
+    eol = b"\n" if lf_only else b"\r\n"
+    lines = [b"HTTP/1.1 200 OK", b"Server: x"]
+    if kind == "length":
+        lines.append(b"Content-Length: %d" % len(body))
+        payload = body
+    else:
+        lines.append(b"Transfer-Encoding: chunked")
+        payload = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return b"HTTP/1.1 100 Continue" + eol + eol + eol.join(lines) + eol + eol + payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["length", "chunked"]), st.binary(max_size=300), st.booleans(),
+       st.lists(st.integers(min_value=1, max_value=80), min_size=1, max_size=30), st.binary(max_size=40))
+def test_response_tracker_boundaries(kind: str, body: bytes, lf_only: bool, cuts: list[int], after: bytes) -> None:
+    """However a response arrives, the tracker passes exactly its bytes on (after a 100) and hands back the rest."""
+    response = _response(kind, body, lf_only)
+    data = response + after
+    tracker = _ResponseTracker(b"GET")
+    passed, extra, done, pos = b"", b"", False, 0
+    for size in cuts + [len(data)]:
+        if done or pos >= len(data):
+            break
+        out, extra, done = tracker.feed(data[pos:pos + size])
+        passed += out
+        pos += size
+    assert done
+    assert passed.lstrip(b"\r\n") == response.lstrip(b"\r\n")
+    assert extra + data[pos:] == after
