@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from nps.fastwrite import sequence_writer_for
 from nps.legacy.crypt import Codec, CodecError
 from nps.mux import StreamAddress, StreamRefused
 from nps.protocols import legacy_mux as lm
@@ -482,6 +483,11 @@ class LegacyMux:
         self._idle_timeout = idle_timeout
         self._last_received = clock.seconds()
         self._ping_call: IDelayedCall | None = None
+        # As in nps.mux: send at once when nothing is queued, and gather the frames of one
+        # reactor poll into one sendmsg when the reactor can tell us when a poll ends.
+        self._send_now = sequence_writer_for(transport)
+        self._corked: list[bytes] = []
+        self._can_cork = getattr(clock, "call_after_dispatch", None) is not None
         transport.registerProducer(self, True)
         if ping_interval > 0:
             self._ping_call = clock.callLater(ping_interval, self._keepalive)
@@ -534,6 +540,7 @@ class LegacyMux:
         if self._closed:
             return
         self.close_reason = reason or "closed"
+        self.uncork()
         self.transport.loseConnection()
 
     # -- input -------------------------------------------------------------------
@@ -625,11 +632,28 @@ class LegacyMux:
 
     def _send(self, frame: bytes) -> None:
         if not self._closed:
-            self.transport.write(frame)
+            self._write([frame])
 
     def _send_parts(self, header: bytes, payload: bytes) -> None:
         if not self._closed:
-            self.transport.writeSequence([header, payload])
+            self._write([header, payload])
+
+    def _write(self, buffers: list[bytes]) -> None:
+        if self._can_cork and self._clock.dispatching:  # type: ignore[attr-defined]
+            if not self._corked:
+                self._clock.call_after_dispatch(self.uncork)  # type: ignore[attr-defined]
+            self._corked.extend(buffers)
+        elif self._corked:
+            self._corked.extend(buffers)
+            self.uncork()
+        else:
+            self._send_now(buffers)
+
+    def uncork(self) -> None:
+        """Send the frames gathered during this reactor poll."""
+        corked, self._corked = self._corked, []
+        if corked and self.transport.connected:
+            self._send_now(corked)
 
     def _remove(self, stream: LegacyStream) -> None:
         if self._streams.get(stream.stream_id) is stream:

@@ -178,8 +178,10 @@ class LegacyHandle:
         self.session: Any = None
 
     def close(self, reason: str) -> None:
-        if self.mux is not None and not self.mux.chan.close_reason:
-            self.mux.chan.close_reason = reason
+        if self.mux is not None:
+            self.mux.chan.uncork()
+            if not self.mux.chan.close_reason:
+                self.mux.chan.close_reason = reason
         for conn in (self.signal, self.chan):
             if conn is not None:
                 conn.bridge.transport.loseConnection()
