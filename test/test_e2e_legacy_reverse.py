@@ -113,9 +113,57 @@ def test_reconnects_after_go_nps_restart(go_nps: Callable[..., GoNps], npc_clien
     support.until(lambda: echo_works(port), what="echo after restart")
 
 
+def test_config_mode_against_go_nps(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                    echo: EchoServer, tmp_path: Path) -> None:
+    """npc -proto=0.26 -config=npc.conf with the Go nps's public_vkey: its tcp and file tunnels open on the
+    Go nps (the file tunnel served from our npc's directory over NPS's file connection)."""
+    import subprocess
+
+    server = go_nps()
+    server.public_vkey = "go-public-key-0123456789"
+    server.start()
+    tcp_port, file_port = support.free_port(), support.free_port()
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f.txt").write_text("from our npc\n")
+    conf = support.render_npc_conf(server.bridge_addr, server.public_vkey, {
+        "t": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": tcp_port,
+              "target_addr": f"127.0.0.1:{echo.port}"},
+        "files": {"mode": "file", "server_ip": "127.0.0.1", "server_port": file_port, "local_path": share,
+                  "strip_pre": "/s/"},
+    })
+    npc = npc_client("-proto=0.26", conf=conf)
+    support.wait_for_log(npc, "connected to NPS 0.26 server")
+    support.until(lambda: echo_works(tcp_port), what="config tunnel through the Go nps")
+
+    def fetch() -> bytes:
+        return subprocess.run(["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{file_port}/s/f.txt"],
+                              capture_output=True, timeout=30).stdout
+
+    support.until(lambda: fetch() == b"from our npc\n", what="file tunnel through the Go nps")
+
+
+def test_config_mode_refused_tunnel(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any]) -> None:
+    """A tunnel the Go nps refuses (its port is taken): our npc names the section and exits with 1."""
+    import socket
+
+    server = go_nps()
+    server.public_vkey = "go-public-key-0123456789"
+    server.start()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        conf = support.render_npc_conf(server.bridge_addr, server.public_vkey, {
+            "busy": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": port, "target_addr": "127.0.0.1:9"}})
+        npc = npc_client("-proto=0.26", conf=conf)
+        assert npc.wait(60) == 1
+    assert "refused tunnel [busy]" in npc.log_text()
+
+
 def test_bad_proto_flags(npc_client: Callable[..., Any]) -> None:
     """-proto takes only 0.26, and with it only the flags it supports; each mistake is named."""
     bad = npc_client("-proto=0.27", "-server=127.0.0.1:1", "-vkey=k", name="bad1")
     assert bad.wait(30) == 2 and "-proto='0.27'" in bad.log_text()
-    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-config=x.conf", name="bad2")
+    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-password=x", name="bad2")
     assert bad.wait(30) == 2 and "not supported with -proto=0.26" in bad.log_text()

@@ -9,12 +9,19 @@ our own mode plugins (C{tcp}, C{udp}; C{http} is served as C{tcp}),
 under NPS's per-stream C{crypt} (TLS, certificate not checked, as the Go
 npc does) or C{compress} (snappy).
 
-Tunnels are those defined on the server (NPS's no-config mode).
+With C{-config=npc.conf} (NPS's config-file mode) each login first runs
+NPS's C{conf} conversation (L{conf_conversation}): the npc.conf's client
+record (public key only), domains and tunnels go to the server, which
+answers each with one byte; a public key gets a one-time vkey back, used
+for the signal and tunnel connections.  Each C{file} tunnel gets its own
+C{file} connection whose streams (no link header) are served from its
+C{local_path}.
 """
 from __future__ import annotations
 
+import json
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
@@ -31,7 +38,10 @@ from nps.protocols import legacy_handshake as lh
 from nps.protocols.legacy_link import LinkError, LinkReader, from_legacy
 from nps.relay import tune_socket
 
-__all__ = ["LegacyNpcService", "LegacyRefused"]
+if TYPE_CHECKING:
+    from nps.config import ClientConfig
+
+__all__ = ["LegacyNpcService", "LegacyRefused", "conf_conversation", "nps_host", "nps_task"]
 
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
@@ -47,9 +57,16 @@ class LegacyClientProtocol(Protocol):
     log = Logger()
     transport: Any
 
-    def __init__(self, service: "LegacyNpcService", work: bytes) -> None:
+    def __init__(self, service: "LegacyNpcService", work: bytes, vkey: str,
+                 conversation: "Conversation | None" = None, on_stream: Any = None) -> None:
         self.service = service
         self.work = work
+        self.vkey = vkey
+        self._conversation = conversation
+        self._need = 0
+        self._on_stream = on_stream or service.stream_opened
+        #: What the conversation returned (the vkey to use next), for C{conf}.
+        self.result: Any = None
         self.ready: Deferred[LegacyClientProtocol] = Deferred()
         self.mux: LegacyMux | None = None
         self._buf = b""
@@ -75,15 +92,18 @@ class LegacyClientProtocol(Protocol):
         if self.mux is not None:
             self.mux.data_received(data)
             return
-        if self._done:
+        if self._done and self._conversation is None:
             return  # the signal connection: nothing we act on (p2p is not supported)
         self._buf += data
+        if self._done:
+            self._converse()
+            return
         if self._step == 0 and len(self._buf) >= 32:
             proof, self._buf = self._buf[:32], self._buf[32:]
             if proof != lh.server_version_proof():
                 self._fail(LegacyRefused("the server is not an NPS 0.26 server (version proof differs)"))
                 return
-            self.transport.write(lh.md5_hex(self.service.vkey))
+            self.transport.write(lh.md5_hex(self.vkey))
             self._step = 1
         if self._step == 1 and len(self._buf) >= 4:
             answer, rest = self._buf[:4], self._buf[4:]
@@ -96,13 +116,42 @@ class LegacyClientProtocol(Protocol):
             self._timer = None
             self._done = True
             self.transport.write(self.work)
-            if self.work == lh.WORK_CHAN:
+            if self.work in (lh.WORK_CHAN, lh.WORK_FILE):
                 self.mux = LegacyMux(self.transport, self.service.reactor, name="NPS 0.26 server",
-                                     on_stream=self.service.stream_opened,
+                                     on_stream=self._on_stream,
                                      ping_interval=5.0, idle_timeout=self.service.idle_timeout)
                 if rest:
                     self.mux.data_received(rest)
+            if self._conversation is not None:
+                self._buf = rest
+                self._advance(None)
+                return
             self.ready.callback(self)
+
+    def _advance(self, answer: bytes | None) -> None:
+        """Run the conversation to its next read (or its end)."""
+        conversation = self._conversation
+        assert conversation is not None
+        try:
+            out, self._need = conversation.send(answer) if answer is not None else next(conversation)
+        except StopIteration as stop:
+            self._conversation = None
+            self.result = stop.value
+            self.ready.callback(self)
+            self.transport.loseConnection()
+            return
+        except LegacyRefused as e:
+            self._conversation = None
+            self._fail(e)
+            return
+        if out:
+            self.transport.write(out)
+        self._converse()
+
+    def _converse(self) -> None:
+        if self._conversation is not None and len(self._buf) >= self._need:
+            answer, self._buf = self._buf[:self._need], self._buf[self._need:]
+            self._advance(answer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
@@ -117,12 +166,77 @@ class LegacyClientProtocol(Protocol):
 class _Factory(Factory):
     noisy = False
 
-    def __init__(self, service: "LegacyNpcService", work: bytes) -> None:
+    def __init__(self, service: "LegacyNpcService", work: bytes, vkey: str,
+                 conversation: "Conversation | None" = None, on_stream: Any = None) -> None:
         self.service = service
         self.work = work
+        self.vkey = vkey
+        self.conversation = conversation
+        self.on_stream = on_stream
 
     def buildProtocol(self, addr: Any) -> LegacyClientProtocol:
-        return LegacyClientProtocol(self.service, self.work)
+        return LegacyClientProtocol(self.service, self.work, self.vkey, self.conversation, self.on_stream)
+
+
+#: A config-file conversation: yields (bytes to send, bytes to read), gets the bytes read, returns the vkey.
+Conversation = Generator[tuple[bytes, int], bytes, str]
+
+
+def _nps_client(config: "ClientConfig") -> dict[str, Any]:
+    common = config.common
+    return {"Cnf": {"U": common.basic_username, "P": common.basic_password, "Compress": common.compress,
+                    "Crypt": common.crypt},
+            "Remark": common.remark, "Status": True, "RateLimit": common.rate_limit,
+            "Flow": {"ExportFlow": 0, "InletFlow": 0, "FlowLimit": common.flow_limit},
+            "MaxConn": common.max_conn, "WebUserName": common.web_username, "WebPassword": common.web_password,
+            "ConfigConnAllow": True}
+
+
+def nps_task(section: Any) -> dict[str, Any]:
+    """NPS's C{file.Tunnel} record for one of our npc.conf tunnel sections."""
+    from nps.accounts import parse_accounts
+
+    accounts = None
+    if section.multi_account:
+        with open(section.multi_account, encoding="utf-8") as f:
+            accounts = {"AccountMap": parse_accounts(f.read())}
+    target = section.target_port if section.target_port else "\n".join(section.targets)
+    return {"Mode": section.mode, "Ports": section.server_port, "ServerIp": section.server_ip,
+            "Remark": section.name, "Password": section.password, "LocalPath": section.local_path,
+            "StripPre": section.strip_pre, "TargetAddr": section.target_ip, "MultiAccount": accounts,
+            "Target": {"TargetStr": target, "LocalProxy": False}, "Status": True}
+
+
+def nps_host(section: Any) -> dict[str, Any]:
+    """NPS's C{file.Host} record for one of our npc.conf domain sections."""
+    return {"Host": section.host, "Target": {"TargetStr": "\n".join(section.targets), "LocalProxy": False},
+            "HostChange": section.host_change, "Location": section.location, "Scheme": section.scheme,
+            "HeaderChange": "".join(f"{name}:{value}\n" for name, value in section.headers),
+            "Remark": section.name}
+
+
+def _blob(flag: bytes, record: dict[str, Any]) -> bytes:
+    return flag + lh.len_content(json.dumps(record, separators=(",", ":")).encode("utf-8"))
+
+
+def conf_conversation(config: "ClientConfig") -> Conversation:
+    """NPS's C{conf} conversation for C{config}; returns the vkey for the session that follows.
+
+    @raise LegacyRefused: the server refused the client record, a domain or a tunnel.
+    """
+    is_public = (yield (b"", 1)) == b"\x01"
+    vkey = config.common.vkey
+    if is_public:
+        if (yield (_blob(lh.CONF_CLIENT, _nps_client(config)), 1)) != b"\x01":
+            raise LegacyRefused("the server refused our client record (its web_username may be taken)")
+        vkey = (yield (b"", 16)).decode("ascii", "replace")
+    for host in config.hosts:
+        if (yield (_blob(lh.CONF_HOST, nps_host(host)), 1)) != b"\x01":
+            raise LegacyRefused(f"the server refused domain [{host.name}] ({host.host}{host.location})")
+    for tunnel in config.tunnels:
+        if (yield (_blob(lh.CONF_TASK, nps_task(tunnel)), 1)) != b"\x01":
+            raise LegacyRefused(f"the server refused tunnel [{tunnel.name}] (port {tunnel.server_port or '-'})")
+    return vkey
 
 
 class _LinkHeader(Protocol):
@@ -159,7 +273,8 @@ class LegacyNpcService(MultiService):
 
     def __init__(self, reactor: Any, host: str, port: int, vkey: str, modes: dict[str, Any], *,
                  disconnect_timeout: int = 60, max_retry_delay: float = 30.0,
-                 on_fatal: Callable[[int, str], None] | None = None) -> None:
+                 on_fatal: Callable[[int, str], None] | None = None,
+                 config: "ClientConfig | None" = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.host = host
@@ -175,6 +290,9 @@ class LegacyNpcService(MultiService):
         self._current: list[LegacyClientProtocol] = []
         self.connected_once = False
         self.online = False
+        self.config = config
+        #: Reconnect after a lost session (npc.conf's auto_reconnection=false turns it off).
+        self.auto_reconnect = not (config is not None and config.common.auto_reconnection is False)
 
     def startService(self) -> None:
         super().startService()
@@ -194,33 +312,54 @@ class LegacyNpcService(MultiService):
         if not self.running:
             return
 
-        def open_one(work: bytes) -> Deferred[LegacyClientProtocol]:
-            d = connect_tcp(self.reactor, self.host, self.port, _Factory(self, work), timeout=CONNECT_TIMEOUT)
+        vkey = [self.vkey]
+
+        def open_one(work: bytes, conversation: "Conversation | None" = None,
+                     on_stream: Any = None) -> Deferred[LegacyClientProtocol]:
+            factory = _Factory(self, work, vkey[0], conversation, on_stream)
+            d = connect_tcp(self.reactor, self.host, self.port, factory, timeout=CONNECT_TIMEOUT)
 
             def connected(protocol: LegacyClientProtocol) -> Deferred[LegacyClientProtocol]:
-                self._current.append(protocol)
+                if work != lh.WORK_CONFIG:
+                    self._current.append(protocol)
                 return protocol.ready
 
             return d.addCallback(connected)
 
+        def configured(protocol: LegacyClientProtocol) -> Deferred[LegacyClientProtocol]:
+            vkey[0] = str(protocol.result)
+            self.log.info("npc.conf sent to {server}", server=self.server)
+            return open_one(lh.WORK_MAIN)
+
         def signal_ready(_: Any) -> Deferred[LegacyClientProtocol]:
             return open_one(lh.WORK_CHAN)
 
-        def chan_ready(_: Any) -> None:
+        def chan_ready(_: Any) -> Any:
             self._failures = 0
             self.connected_once = True
             self.online = True
             self.log.info("connected to NPS 0.26 server {server}", server=self.server)
+            files = [t for t in self.config.tunnels if t.mode == "file"] if self.config is not None else []
+            for tunnel in files:
+                link = {"mode": "file", "local_path": tunnel.local_path, "strip_pre": tunnel.strip_pre,
+                        "remote": "", "tunnel": tunnel.name}
+                open_one(lh.WORK_FILE, on_stream=lambda stream, link=link: self.serve(stream, dict(link), b"")
+                         ).addErrback(lambda f: self.log.warn("file connection failed: {e}", e=f.getErrorMessage()))
 
         def failed(failure: Failure) -> None:
             message = failure.getErrorMessage()
             self.log.warn("cannot log in to {server}: {message}", server=self.server, message=message)
-            if failure.check(LegacyRefused) and "vkey" in message and not self.connected_once:
-                self._fatal(1, f"{self.server} refused the vkey")
+            if failure.check(LegacyRefused) and ("vkey" in message or "refused" in message) \
+                    and not self.connected_once:
+                self._fatal(1, f"{self.server}: {message}")
                 return
             self._drop_all()
 
-        open_one(lh.WORK_MAIN).addCallback(signal_ready).addCallbacks(chan_ready, failed)
+        if self.config is not None and (self.config.tunnels or self.config.hosts):
+            first = open_one(lh.WORK_CONFIG, conf_conversation(self.config)).addCallback(configured)
+        else:
+            first = open_one(lh.WORK_MAIN)
+        first.addCallback(signal_ready).addCallbacks(chan_ready, failed)
 
     def _drop_all(self) -> None:
         for protocol in list(self._current):
@@ -229,11 +368,15 @@ class LegacyNpcService(MultiService):
             self._schedule_retry()
 
     def connection_closed(self, protocol: LegacyClientProtocol) -> None:
+        if protocol.work == lh.WORK_CONFIG:
+            return  # the conf conversation ends by closing; its outcome went through its Deferred
         if protocol in self._current:
             self._current.remove(protocol)
             if self.online:
                 self.online = False
                 self.log.warn("disconnected from NPS 0.26 server {server}", server=self.server)
+                if not self.auto_reconnect:
+                    self._fatal(1, "connection lost and auto_reconnection=false; stopping")
             # NPS's session is both connections: when one goes, so does the other.
             for other in list(self._current):
                 other.transport.loseConnection()
@@ -266,7 +409,7 @@ class LegacyNpcService(MultiService):
 
     def serve(self, stream: LegacyStream, link: dict[str, Any], rest: bytes) -> None:
         """Serve C{stream} for C{link} with our mode plugin, under NPS's crypt/compress."""
-        mode = self.modes.get(str(link["mode"]))
+        mode = self.modes.get(str(link.get("mode", "")))
         if mode is None or link["mode"] == "socks5_udp":
             self.log.warn("stream {id}: {mode} streams are not supported with -proto=0.26", id=stream.stream_id,
                           mode=link["mode"])
@@ -280,7 +423,7 @@ class LegacyNpcService(MultiService):
         d = mode.serve(self.reactor, link)
 
         def served(protocol: Any) -> None:
-            stream.reattach(protocol, codec=codec, datagrams=link["mode"] == "udp", rest=rest)
+            stream.reattach(protocol, codec=codec, datagrams=link.get("mode") == "udp", rest=rest)
 
         def failed(failure: Failure) -> None:
             self.log.info("stream to {target} for {remote} refused: {reason}", target=link.get("target"),
@@ -291,14 +434,15 @@ class LegacyNpcService(MultiService):
 
 
 def make_legacy_npc(reactor: Any, server: str, vkey: str, *, disconnect_timeout: int = 60,
-                    on_fatal: Callable[[int, str], None] | None = None) -> LegacyNpcService:
+                    on_fatal: Callable[[int, str], None] | None = None,
+                    config: "ClientConfig | None" = None) -> LegacyNpcService:
     """The service C{npc -proto=0.26 -server=HOST:PORT -vkey=KEY} runs."""
     from nps.config import parse_host_port
     from nps.modes import load_modes
 
     host, port = parse_host_port(server)
     return LegacyNpcService(reactor, host, port, vkey, load_modes(), disconnect_timeout=disconnect_timeout,
-                            on_fatal=on_fatal)
+                            on_fatal=on_fatal, config=config)
 
 
 def legacy_main(args: list[str]) -> int:
@@ -310,12 +454,13 @@ def legacy_main(args: list[str]) -> int:
 
     from nps.cli.run import begin_logging, nps_log_level, run_service
 
-    values = {"proto": "", "server": "", "vkey": "", "type": "tcp", "disconnect_timeout": "60", "log_level": "6"}
+    values = {"proto": "", "server": "", "vkey": "", "type": "tcp", "disconnect_timeout": "60", "log_level": "6",
+              "config": ""}
     words = iter(args)
     for arg in words:
         name, equals, value = arg.lstrip("-").partition("=")
         if not arg.startswith("-") or name not in values:
-            print(f"npc: {arg!r} is not supported with -proto=0.26 (it takes -server, -vkey, -type=tcp, "
+            print(f"npc: {arg!r} is not supported with -proto=0.26 (it takes -server, -vkey, -config, -type=tcp, "
                   "-disconnect_timeout, -log_level)", file=sys.stderr)
             return 2
         values[name] = value if equals else next(words, "")
@@ -323,6 +468,21 @@ def legacy_main(args: list[str]) -> int:
         print(f"npc: -proto={values['proto']!r}: the only other protocol is 0.26 (NPS 0.26 servers)",
               file=sys.stderr)
         return 2
+    config = None
+    if values["config"]:
+        from nps.config import ConfigError, load_client_config
+
+        try:
+            config = load_client_config(values["config"])
+        except ConfigError as e:
+            print(f"npc: {e}", file=sys.stderr)
+            return 1
+        values["server"] = config.common.server_addr or values["server"]
+        values["vkey"] = config.common.vkey or values["vkey"]
+        values["type"] = config.common.conn_type
+        values["disconnect_timeout"] = str(config.common.disconnect_timeout)
+        if config.visitors:
+            print("npc: warning: secret/p2p visitor sections are not supported with -proto=0.26", file=sys.stderr)
     if values["type"] != "tcp":
         print("npc: -proto=0.26 supports -type=tcp only", file=sys.stderr)
         return 2
@@ -339,4 +499,5 @@ def legacy_main(args: list[str]) -> int:
         return 2
     begin_logging(nps_log_level(level), sys.stdout)
     return run_service(lambda reactor, on_fatal: make_legacy_npc(
-        reactor, values["server"], values["vkey"], disconnect_timeout=timeout, on_fatal=on_fatal), "npc")
+        reactor, values["server"], values["vkey"], disconnect_timeout=timeout, on_fatal=on_fatal, config=config),
+        "npc")
