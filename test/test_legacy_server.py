@@ -193,3 +193,50 @@ def test_legacy_bridge_key() -> None:
         assert "legacy_bridge" in str(e)
     else:
         raise AssertionError("accepted legacy_bridge=maybe")
+
+
+def test_conf_conversation() -> None:
+    """The client side of NPS's conf conversation: client record (public key), domains, tasks, one-time vkey."""
+    import json
+    import struct
+
+    from nps.config import parse_client_config
+    from nps.legacy.client import LegacyRefused, conf_conversation
+
+    config = parse_client_config(
+        "[common]\nserver_addr=127.0.0.1:1\nvkey=pub\ncrypt=true\n"
+        "[web]\nhost=a.example.test\ntarget_addr=127.0.0.1:80\nheader_X-A=b\n"
+        "[t]\nmode=tcp\nserver_port=9001-9002\ntarget_port=8001-8002\ntarget_ip=10.0.0.1\n", "npc.conf")
+
+    def blob(out: bytes) -> tuple[bytes, dict[str, object]]:
+        (size,) = struct.unpack_from("<i", out, 4)
+        return out[:4], json.loads(out[8:8 + size])
+
+    talk = conf_conversation(config)
+    assert next(talk) == (b"", 1)
+    out, need = talk.send(b"\x01")
+    flag, record = blob(out)
+    assert (flag, need, record["Cnf"]) == (b"conf", 1, {"U": "", "P": "", "Compress": False, "Crypt": True})
+    assert talk.send(b"\x01") == (b"", 16)
+    out, _ = talk.send(b"onetimevkey12345")
+    flag, record = blob(out)
+    assert flag == b"host" and record["Host"] == "a.example.test" and record["HeaderChange"] == "X-A:b\n"
+    out, _ = talk.send(b"\x01")
+    flag, record = blob(out)
+    assert flag == b"task" and record["Ports"] == "9001-9002" and record["TargetAddr"] == "10.0.0.1"
+    assert record["Target"] == {"TargetStr": "8001-8002", "LocalProxy": False}
+    try:
+        talk.send(b"\x01")
+    except StopIteration as stop:
+        assert stop.value == "onetimevkey12345"
+    else:
+        raise AssertionError("conversation did not end")
+    talk = conf_conversation(config)
+    next(talk)
+    talk.send(b"\x00")  # a private key: no client record
+    try:
+        talk.send(b"\x00")  # the domain is refused
+    except LegacyRefused as e:
+        assert "[web]" in str(e)
+    else:
+        raise AssertionError("refusal not raised")
