@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import tempfile
 from typing import Any
 
@@ -100,6 +101,18 @@ class LegacyServerTests(TestCase):
         user.transport.write(lh.client_hello() + lh.md5_hex("a-public-key-of-some-length") + lh.WORK_MAIN)
         yield user.closed
         self.assertEqual(user.received, lh.server_version_proof() + lh.ACCEPTED)
+
+    @inlineCallbacks
+    def test_pipelined_register_for_a_client_added_later(self):  # type: ignore[no-untyped-def]
+        """A client added after start (found after a store refresh) may pipeline its whole rgst request."""
+        server = self.start_server()
+        client = self.store().add_client(remark="late", vkey="legacy-key-late")
+        user = yield self.connect(server)
+        user.transport.write(lh.client_hello() + lh.md5_hex(client.vkey) + lh.WORK_REGISTER
+                             + struct.pack("<i", 2))
+        yield user.closed
+        self.assertEqual(user.received, lh.server_version_proof() + lh.ACCEPTED)
+        self.assertIn("127.0.0.1", server.policy.registered)
 
     @inlineCallbacks
     def test_wrong_core_version_is_refused(self):  # type: ignore[no-untyped-def]

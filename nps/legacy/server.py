@@ -279,9 +279,15 @@ class LegacyRegistry:
 
     def file_connected(self, client: LegacyClient, conn: "LegacyConnection") -> LegacyMux:
         assert client.client_id is not None
+        client_id = client.client_id
+
+        def closed(reason: str) -> None:
+            if self._files.get(client_id) is mux:
+                del self._files[client_id]
+
         mux = LegacyMux(conn.bridge.transport, self.server.reactor,
-                        name=f"legacy client {client.client_id} file", ping_interval=self.server.ping_interval,
-                        idle_timeout=self.server.idle_timeout)
+                        name=f"legacy client {client.client_id} file", on_close=closed,
+                        ping_interval=self.server.ping_interval, idle_timeout=self.server.idle_timeout)
         entry = self.handles.get(client.client_id)
         if entry is not None and entry[1].mux is not None:
             entry[1].mux.file = mux
@@ -607,6 +613,7 @@ class LegacyConnection:
         self._role = ""
         self._conf_timer: IDelayedCall | None = None
         self._busy = False
+        self._events: list[lh.Hello | lh.KeyProof | lh.WorkType] = []
         self.on_lost: Any = None
 
     # -- bytes in ---------------------------------------------------------------------
@@ -619,25 +626,27 @@ class LegacyConnection:
         if handshake is None:
             return
         try:
-            events = handshake.feed(data)
+            self._events.extend(handshake.feed(data))
         except lh.LegacyHandshakeError as e:
-            self._fail(str(e), "bad_legacy_handshake")
+            self._fail(str(e), "bad_magic_or_version")
             return
-        for event in events:
+        self._run_events()
+
+    def _run_events(self) -> None:
+        """Handle the parsed handshake steps in order (a key lookup may pause them)."""
+        while self._events and not self._busy and self._handshake is not None:
+            event = self._events.pop(0)
             if isinstance(event, lh.Hello):
                 if event.core != lh.CORE_VERSION:
                     self._fail(f"NPS core version {event.core!r} (only {lh.CORE_VERSION} is supported)",
-                               "legacy_version")
+                               "bad_magic_or_version")
                     return
                 self._version = event.full
                 self.bridge.transport.write(lh.server_version_proof())
             elif isinstance(event, lh.KeyProof):
                 self._check_key(event.digest)
-                if self.client is None:
-                    return
             else:
                 self._work(event.flag, event.rest)
-                return
 
     def _check_key(self, digest: bytes, retried: bool = False) -> None:
         client = self.registry.lookup(digest)
@@ -650,7 +659,7 @@ class LegacyConnection:
         if client is None or not self.registry.enabled(client):
             reason = "unknown vkey" if client is None else f"client {client.client_id} is disabled"
             self.bridge.transport.write(lh.REJECTED)
-            self._fail(reason, "unknown_key", answered=True)
+            self._fail(reason, "wrong_vkey")
             return
         self.client = client
         self.bridge.transport.write(lh.ACCEPTED)
@@ -662,8 +671,9 @@ class LegacyConnection:
         self._check_key(digest, retried=True)
         if self.client is not None:
             self.bridge.transport.resumeProducing()
+            self._run_events()
 
-    def _fail(self, reason: str, stat: str, answered: bool = False) -> None:
+    def _fail(self, reason: str, stat: str) -> None:
         log.warn("legacy bridge: {peer}: {reason}; closing", peer=self.peer, reason=reason)
         self.server.stats.handshake_failed(stat)
         self._handshake = None
@@ -935,7 +945,7 @@ def legacy_handler(bridge: "BridgeServerProtocol") -> LegacyConnection | None:
     if not getattr(server.config, "legacy_bridge", False):
         log.warn("bridge: {peer} speaks the NPS 0.26 protocol (an old npc); set legacy_bridge=true in nps.conf "
                  "to accept such clients", peer=bridge.peer)
-        server.stats.handshake_failed("legacy_disabled")
+        server.stats.handshake_failed("rejected")
         return None
     return LegacyConnection(bridge)
 
