@@ -17,7 +17,15 @@ try:
 except ImportError:
     import support  # type: ignore[no-redef]
 
-PEERS = Path(os.environ.get("NPS_PEERS_DIR", "/work/shared/peers"))
+def _peers_dir() -> Path:
+    """$NPS_PEERS_DIR, else shared/peers beside the checkout (as CI lays it out), else /work/shared/peers."""
+    if os.environ.get("NPS_PEERS_DIR"):
+        return Path(os.environ["NPS_PEERS_DIR"])
+    beside = Path(__file__).resolve().parent.parent.parent / "shared" / "peers"
+    return beside if beside.is_dir() else Path("/work/shared/peers")
+
+
+PEERS = _peers_dir()
 GO_NPC = PEERS / "npc-0.26.10"
 GO_NPS = PEERS / "nps-0.26.10"
 

@@ -22,21 +22,22 @@ import pytest
 
 try:
     from . import support  # type: ignore[import-not-found]
+    from .legacy_peers import GO_NPC, missing  # type: ignore[import-not-found]
 except ImportError:
     import support  # type: ignore[no-redef]
+    from legacy_peers import GO_NPC, missing  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
-PEERS = Path(os.environ.get("NPS_PEERS_DIR", "/work/shared/peers"))
-GO_NPC = PEERS / "npc-0.26.10"
 PUBLIC_VKEY = "legacy-public-key-0123456789"
 
 
 @pytest.fixture
 def go_npc(spawn: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
     """Factory: run the Go npc with the given arguments (its cwd is a fresh dir)."""
-    if not os.access(GO_NPC, os.X_OK):
-        pytest.skip(f"the Go npc 0.26.10 binary is not at {GO_NPC} (see /work/shared/peers/README.md)")
+    reason = missing(GO_NPC)
+    if reason:
+        pytest.skip(reason)
 
     def _run(*args: str, conf: str | None = None, name: str = "go-npc") -> Any:
         workdir = tmp_path / name
