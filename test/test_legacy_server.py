@@ -68,6 +68,18 @@ class LegacyServerTests(TestCase):
         self.assertEqual(user.received, b"")
 
     @inlineCallbacks
+    def test_stalled_register_request_is_closed(self):  # type: ignore[no-untyped-def]
+        """After "rgst" the request itself is still under the handshake timer: a client that stops is closed."""
+        self.patch(bridge_server, "HANDSHAKE_TIMEOUT", 0.5)
+        client = self.store().add_client(remark="r", vkey="legacy-key-stall")
+        server = self.start_server()
+        user = yield self.connect(server)
+        user.transport.write(lh.client_hello() + lh.md5_hex(client.vkey) + lh.WORK_REGISTER + b"\x01")
+        yield user.closed
+        self.assertEqual(user.received, lh.server_version_proof() + lh.ACCEPTED)
+        self.assertEqual(_pending(server), 0)
+
+    @inlineCallbacks
     def test_unfinished_handshakes_are_capped(self):  # type: ignore[no-untyped-def]
         """Legacy handshakes count towards the cap: past it, a new connection is dropped at once."""
         self.patch(bridge_server, "MAX_PENDING_HANDSHAKES", 2)

@@ -56,6 +56,8 @@ VERSION_MARK = " (legacy 0.26)"
 CONF_TIMEOUT = 30.0
 #: Seconds the tunnels a C{conf} connection opened wait for the client's C{main}/C{chan}.
 PENDING_TIMEOUT = 60.0
+#: Public-key config clients that may wait for their main/chan connections at a time.
+MAX_PENDING_PUBLIC = 64
 #: Longest health report on the signal connection.
 MAX_HEALTH_REPORT = 4096
 #: Most tunnels one config-file client may open (ports of a range count one each).
@@ -372,8 +374,14 @@ class LegacyRegistry:
 
     # -- config-file mode ------------------------------------------------------------
 
-    def public_client(self, record: dict[str, Any]) -> LegacyClient:
-        """A config-file client that logged in with C{public_vkey}: it gets an id and a one-time key."""
+    def public_client(self, record: dict[str, Any]) -> LegacyClient | None:
+        """A config-file client that logged in with C{public_vkey}: it gets an id and a one-time key.
+
+        None when L{MAX_PENDING_PUBLIC} public clients already wait for their session.
+        """
+        waiting = sum(1 for c in self._temporary.values() if c.client_id not in self.handles)
+        if waiting >= MAX_PENDING_PUBLIC:
+            return None
         vkey = "".join(secrets.choice(_VKEY_ALPHABET) for _ in range(16))
         cnf = record.get("Cnf") if isinstance(record.get("Cnf"), dict) else {}
         assert isinstance(cnf, dict)
@@ -686,7 +694,9 @@ class LegacyConnection:
         self._handshake = None
         client = self.client
         assert client is not None
-        self.bridge.legacy_handshake_done()
+        if flag not in (lh.WORK_REGISTER, lh.WORK_SECRET):
+            # rgst and sert keep the handshake's timer and slot until their request is read.
+            self.bridge.legacy_handshake_done()
         self._role = flag.decode()
         if client.public and flag not in (lh.WORK_CONFIG, lh.WORK_REGISTER, lh.WORK_SECRET):
             log.warn("legacy bridge: {peer}: public_vkey may only be used for config-file mode; closing",
@@ -775,6 +785,7 @@ class LegacyConnection:
         hours = reader.int32()
         if hours is None:
             return
+        self.bridge.legacy_handshake_done()
         self._target = lambda data: None
         ip = self.bridge.transport.getPeer().host
         try:
@@ -791,6 +802,7 @@ class LegacyConnection:
         digest = reader.digest() if reader.buffered >= 32 else None
         if digest is None:
             return
+        self.bridge.legacy_handshake_done()
         leftover = reader._reader.rest()
         running = self.registry.secret_tunnel(digest)
         if running is None:
@@ -877,6 +889,12 @@ class LegacyConnection:
                 transport.write(lh.bool_byte(True))
                 return
             fresh = self.registry.public_client(record)
+            if fresh is None:
+                log.warn("legacy bridge: {peer}: too many public-key config clients waiting for their session; "
+                         "refusing", peer=self.peer)
+                transport.write(lh.bool_byte(False))
+                transport.loseConnection()
+                return
             self.client = fresh
             log.info("legacy bridge: {peer}: public-key config client, now client {id}", peer=self.peer,
                      id=fresh.client_id)
