@@ -657,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-transport", action="store_true",
                     help="skip the crypt/TLS/compress rows (bench/transport.py)")
     ap.add_argument("--transport-only", action="store_true", help="only the crypt/TLS/compress rows")
+    ap.add_argument("--no-udp", action="store_true",
+                    help="skip the kcp (QUIC) bridge / p2p / kcptun rows (bench/udp.py)")
+    ap.add_argument("--udp-only", action="store_true", help="only the kcp (QUIC) bridge / p2p / kcptun rows")
     ap.add_argument("--no-legacy", action="store_true", help="skip the Go npc rows (bench/legacy.py)")
     ap.add_argument("--legacy-only", action="store_true",
                     help="only the Go npc via our nps vs via the Go nps rows (bench/legacy.py)")
@@ -668,6 +671,14 @@ def main(argv: list[str] | None = None) -> int:
         text = run_legacy(LOGS / "legacy", args.quick)
         print(text)
         (RESULTS / "legacy.md").write_text(text)
+        return 0
+    if args.udp_only:
+        from udp import run_udp
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = run_udp(LOGS / "udp", args.quick)
+        print(text)
+        (RESULTS / "udp.md").write_text(text)
         return 0
     if args.transport_only:
         from transport import run_transport
@@ -726,6 +737,10 @@ def main(argv: list[str] | None = None) -> int:
         from transport import run_transport
 
         text += "\n" + run_transport(LOGS / "transport", args.quick)
+    if not args.no_udp:
+        from udp import run_udp
+
+        text += "\n" + run_udp(LOGS / "udp", args.quick)
     if not args.no_vhost:
         from vhost import run_vhost
 

@@ -434,7 +434,9 @@ class QuicSession:
             return
         self.bytes_received += len(data)
         self.conn.receive_datagram(data, addr, now=self.reactor.seconds())
-        self.process()
+        # Datagrams read in one go are handled together at the end of the reactor turn:
+        # one round of events, acknowledgements and timer for the whole batch.
+        self.schedule_send()
 
     def schedule_send(self) -> None:
         """Send what is pending at the end of this reactor turn (writes coalesce)."""
@@ -473,8 +475,11 @@ class QuicSession:
 
     def _arm_timer(self) -> None:
         deadline = self.conn.get_timer()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if deadline is not None and abs(timer.getTime() - deadline) < 0.001:
+                return  # already set for (about) that moment
+            timer.cancel()
         self._timer = None
         if deadline is not None:
             delay = max(0.0, deadline - self.reactor.seconds())
