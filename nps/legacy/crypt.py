@@ -10,7 +10,7 @@ are codecs with no I/O: bytes in, bytes out.
 from __future__ import annotations
 
 import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -20,7 +20,7 @@ from OpenSSL import SSL
 
 from nps.protocols.legacy_snappy import SnappyDecoder, SnappyEncoder
 
-__all__ = ["Codec", "CodecError", "SnappyCodec", "TlsCodec", "client_context", "server_context"]
+__all__ = ["Codec", "CodecError", "SnappyCodec", "TlsCodec", "client_context", "server_context", "warm_up"]
 
 _READ = 65536
 
@@ -63,6 +63,18 @@ class SnappyCodec:
 
 
 _server_context: SSL.Context | None = None
+_warming = False
+
+
+def warm_up(reactor: Any) -> None:
+    """Make the server certificate in a thread now, so the first crypt stream does not wait on the reactor."""
+    global _warming
+    if _server_context is not None or _warming:
+        return
+    _warming = True
+    from twisted.internet.threads import deferToThreadPool
+
+    deferToThreadPool(reactor, reactor.getThreadPool(), server_context).addErrback(lambda failure: None)
 
 
 def server_context() -> SSL.Context:

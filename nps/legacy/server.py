@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from nps.accounts import ACCOUNTS_OPTION, format_accounts
 from nps.config import format_host_port
-from nps.legacy.crypt import SnappyCodec, TlsCodec, server_context
+from nps.legacy.crypt import SnappyCodec, TlsCodec, server_context, warm_up
 from nps.legacy.mux import LegacyMux, LegacyStream
 from nps.model import Tunnel
 from nps.mux import StreamRefused
@@ -965,5 +965,6 @@ def legacy_handler(bridge: "BridgeServerProtocol") -> LegacyConnection | None:
                  "to accept such clients", peer=bridge.peer)
         server.stats.handshake_failed("rejected")
         return None
+    warm_up(server.reactor)
     return LegacyConnection(bridge)
 
