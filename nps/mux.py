@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -58,6 +58,9 @@ INITIAL_WINDOW = 256 * 1024
 MAX_WINDOW = 4 * 1024 * 1024
 #: Bytes a stream buffers beyond its send window before pausing its producer.
 OUTBUF_HIGH = 64 * 1024
+#: Largest frame L{MuxStream.writeSequence} sends unjoined: a full chunk plus a
+#: little (an encrypted record's header and tag), well under MAX_DATA_FRAME.
+MAX_SEQUENCE_FRAME = MAX_DATA_CHUNK + 4096
 MAX_STREAMS = 65536
 OPEN_TIMEOUT = 30.0
 #: How long a stream closed by us waits for the peer's FIN before it is forgotten.
@@ -103,8 +106,11 @@ class MuxStream:
         self._recv_left = INITIAL_WINDOW
         self._consumed = 0
         # Buffers are made on first use: an idle stream should cost little memory.
-        self._outbuf: deque[bytes] | None = None
+        # A list in the outbuf is a group from writeSequence, to be sent as one frame.
+        self._outbuf: deque[bytes | list[bytes]] | None = None
         self._outbuf_size = 0
+        #: A lower bound of the peer's receive window for this stream (the most credit we ever held).
+        self._peer_window = INITIAL_WINDOW
         self._inbuf: deque[bytes] | None = None
         self._read_paused = False
         self._producer: Any = None
@@ -150,7 +156,33 @@ class MuxStream:
         self._update_producer()
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        self.write(b"".join(data))
+        """Like C{write(b"".join(data))}, but a short sequence is sent as one frame, unjoined.
+
+        The sequence stays whole (one frame, e.g. one encrypted record) even
+        when it must wait for credit, unless waiting could stall the stream.
+        """
+        parts = list(data)
+        size = sum(map(len, parts))
+        if size > MAX_SEQUENCE_FRAME:
+            self.write(b"".join(parts))
+            return
+        if self._local_fin or self._fin_pending or self._finished or not size:
+            return
+        mux = self.mux
+        if not self._outbuf and size <= self._send_window:
+            self._send_window -= size
+            mux._send_data(self, parts, size)
+            if not (mux._writes_paused or self._producer_paused) and self._streaming:
+                return
+        else:
+            if self._outbuf is None:
+                self._outbuf = deque()
+            self._outbuf.append(parts)
+            self._outbuf_size += size
+            self._flush()
+        if mux._writes_paused:
+            mux._wait_for_bridge(self)
+        self._update_producer()
 
     def loseWriteConnection(self) -> None:
         """Half-close: send FIN after pending data, keep reading."""
@@ -280,6 +312,8 @@ class MuxStream:
 
     def _on_credit(self, credit: int) -> None:
         self._send_window += credit
+        if self._send_window > self._peer_window:
+            self._peer_window = self._send_window
         self._flush()
         self._update_producer()
 
@@ -307,6 +341,20 @@ class MuxStream:
         outbuf = self._outbuf
         while outbuf and outbuf is self._outbuf and self._send_window > 0:
             head = outbuf[0]
+            if type(head) is list:
+                size = sum(map(len, head))
+                if size <= self._send_window:
+                    outbuf.popleft()
+                    self._outbuf_size -= size
+                    self._send_window -= size
+                    self.mux._send_data(self, head, size)
+                    continue
+                if 4 * self._send_window <= 3 * self._peer_window:
+                    # At least a quarter of the peer's window is in flight, so its
+                    # credit is coming: wait for it rather than split the group.
+                    break
+                head = outbuf[0] = b"".join(head)
+            assert isinstance(head, bytes)
             size = min(len(head), self._send_window, MAX_DATA_CHUNK)
             if size == len(head):
                 outbuf.popleft()
@@ -658,12 +706,18 @@ class Mux:
             return
         self._write_sequence([encode(ftype, flags, stream_id, payload, length)])
 
-    def _send_data(self, stream: MuxStream, data: bytes) -> None:
+    def _send_data(self, stream: MuxStream, data: bytes | Sequence[bytes], size: int = -1) -> None:
+        """One DATA frame; C{data} is its payload, or with C{size} the list of buffers making it up."""
         if self._closed:
             return
+        if size < 0:
+            size = len(data)
+            buffers = [encode_header(FrameType.DATA, 0, stream.stream_id, size), data]
+        else:
+            buffers = [encode_header(FrameType.DATA, 0, stream.stream_id, size), *data]
         for counter in stream.counters:
-            counter.bytes_in += len(data)
-        self._write_sequence([encode_header(FrameType.DATA, 0, stream.stream_id, len(data)), data])
+            counter.bytes_in += size
+        self._write_sequence(buffers)  # type: ignore[arg-type]
 
     def _write_sequence(self, buffers: list[bytes]) -> None:
         """Send frames, gathering those of one reactor poll into one C{sendmsg}."""

@@ -16,7 +16,7 @@ a malformed compressed chunk, resets that stream only, with one log line.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from twisted.internet.interfaces import (
     IConsumer,
@@ -54,11 +54,20 @@ class StreamCodec:
         return self._sealer is not None
 
     def encode(self, data: bytes) -> bytes:
+        """C{data} encoded, as one byte string."""
+        return b"".join(part for frame in self.encode_frames(data) for part in frame)
+
+    def encode_frames(self, data: bytes) -> Sequence[Sequence[bytes]]:
+        """C{data} encoded, as groups of buffers: each group is one record, best sent as one mux frame.
+
+        Nothing is joined: a record's header and ciphertext stay apart, so the
+        ciphertext is the only copy made of the payload.
+        """
         if self.compressor is not None:
             data = self.compressor.compress(data)
         if self._sealer is not None:
-            data = self._sealer.seal(data)
-        return data
+            return self._sealer.seal_records(data)
+        return [(data,)] if data else []
 
     def close(self) -> bytes:
         """What ends our direction (the final record when encrypting)."""
@@ -194,9 +203,9 @@ class CodecProtocol(Protocol):
     def write(self, data: bytes) -> None:
         if self._write_closed or not data:
             return
-        encoded = self.codec.encode(data if type(data) is bytes else bytes(data))
-        if encoded:
-            self.transport.write(encoded)
+        write_sequence = self.transport.writeSequence
+        for frame in self.codec.encode_frames(data if type(data) is bytes else bytes(data)):
+            write_sequence(frame)  # the mux sends a short sequence as one frame, without joining it
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))

@@ -260,6 +260,9 @@ class FakeStream:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def writeSequence(self, data: Any) -> None:
+        self.written.append(b"".join(data))  # one frame on a real MuxStream
+
     def reset(self, reason: str) -> None:
         self.resets.append(reason)
 

@@ -113,6 +113,7 @@ def raise_nofile_limit() -> None:
 
 def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], name: str) -> int:
     """Build the service, start it, run the reactor until stopped; return the exit code."""
+    from nps.memtune import tune_malloc
     from nps.reactor import install
 
     install()
@@ -129,6 +130,7 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
             reactor.callLater(0, reactor.stop)
 
     raise_nofile_limit()
+    tune_malloc()
     service = build(reactor, on_fatal)
     try:
         service.privilegedStartService()

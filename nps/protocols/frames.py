@@ -101,7 +101,7 @@ class FrameParser:
     def __init__(self) -> None:
         self._head = bytearray()  # a partial header
         self._pending: tuple[int, int, int, int] | None = None  # header awaiting its payload
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._need = 0
         self._error: FrameError | None = None
 
@@ -133,14 +133,16 @@ class FrameParser:
             pending = self._pending
             if pending is not None:
                 take = min(self._need, end - pos)
-                self._parts.append(data if take == end and pos == 0 else data[pos : pos + take])
+                # Pieces are views (no copy) until the payload is complete and joined once.
+                self._parts.append(data if take == end and pos == 0 else memoryview(data)[pos : pos + take])
                 pos += take
                 self._need -= take
                 if self._need:
                     break
                 parts, self._parts = self._parts, []
                 self._pending = None
-                frames.append(Frame(*pending, parts[0] if len(parts) == 1 else b"".join(parts)))
+                first = parts[0]
+                frames.append(Frame(*pending, first if len(parts) == 1 and type(first) is bytes else b"".join(parts)))
                 continue
             if head or end - pos < HEADER_SIZE:
                 take = min(HEADER_SIZE - len(head), end - pos)

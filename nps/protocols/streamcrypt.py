@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 MAX_PLAINTEXT = 256 * 1024
 TAG_SIZE = 16
 HEADER = struct.Struct("!I")
+_HEADER_SIZE = HEADER.size
 FINAL = 0x8000_0000
 _LENGTH_MASK = 0x7FFF_FFFF
 KEY_SIZE = 32
 SALT_SIZE = 16
-_NONCE_PREFIX = b"\x00\x00\x00\x00"
 _MAX_COUNTER = 2**64 - 1
 _KDF_INFO = b"nps-stream-keys-v1"
 
@@ -70,10 +70,13 @@ def stream_keys(secret: bytes, salt: str, *, opener: bool) -> tuple[bytes, bytes
     return (forward, backward) if opener else (backward, forward)
 
 
+_NONCE = struct.Struct("!IQ")  # 4 zero bytes + the u64 record counter
+
+
 def _nonce(counter: int) -> bytes:
     if counter > _MAX_COUNTER:
         raise CryptError("record counter exhausted")
-    return _NONCE_PREFIX + counter.to_bytes(8, "big")
+    return _NONCE.pack(0, counter)
 
 
 class Sealer:
@@ -84,37 +87,55 @@ class Sealer:
         self._counter = 0
         self.closed = False
 
-    def _record(self, plaintext: bytes, flags: int) -> bytes:
+    def _record(self, plaintext: bytes | memoryview, flags: int) -> tuple[bytes, bytes]:
         header = HEADER.pack(flags | (len(plaintext) + TAG_SIZE))
-        sealed = self._aead.encrypt(_nonce(self._counter), plaintext, header)
-        self._counter += 1
-        return header + sealed
+        counter = self._counter
+        if counter > _MAX_COUNTER:
+            raise CryptError("record counter exhausted")
+        self._counter = counter + 1
+        return header, self._aead.encrypt(_NONCE.pack(0, counter), plaintext, header)
 
-    def seal(self, data: bytes) -> bytes:
-        """The records carrying C{data} (empty for empty data)."""
+    def seal_records(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The records carrying C{data} as (header, ciphertext) pairs, never joined (no copy).
+
+        A write of up to L{MAX_PLAINTEXT} bytes is one record; a bigger one
+        is cut into records of L{MAX_PLAINTEXT} bytes.
+        """
         if self.closed:
             raise CryptError("write after the final record")
-        if len(data) <= MAX_PLAINTEXT:
-            return self._record(data, 0) if data else b""
+        size = len(data)
+        if size <= MAX_PLAINTEXT:
+            return [self._record(data, 0)] if size else []
         view = memoryview(data)
-        return b"".join(self._record(bytes(view[i:i + MAX_PLAINTEXT]), 0)
-                        for i in range(0, len(data), MAX_PLAINTEXT))
+        return [self._record(view[i:i + MAX_PLAINTEXT], 0) for i in range(0, size, MAX_PLAINTEXT)]
+
+    def seal(self, data: bytes) -> bytes:
+        """The records carrying C{data}, as one byte string (empty for empty data)."""
+        return b"".join(part for record in self.seal_records(data) for part in record)
 
     def close(self) -> bytes:
         """The final record (once; empty afterwards)."""
         if self.closed:
             return b""
         self.closed = True
-        return self._record(b"", FINAL)
+        return b"".join(self._record(b"", FINAL))
 
 
 class Unsealer:
-    """Decrypts the records of the other side.  Feed bytes, get plaintexts."""
+    """Decrypts the records of the other side.  Feed bytes, get plaintexts.
+
+    Records usually arrive whole (the writer sends each record as one mux
+    frame) and are decrypted straight from the bytes given, without a copy.
+    A record cut across feeds is gathered as a list of pieces and joined
+    once, when it is complete.
+    """
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
         self._counter = 0
-        self._buf = bytearray()
+        self._parts: list[bytes | memoryview] = []  # an incomplete record (or header)
+        self._have = 0  # bytes in _parts
+        self._need = 0  # bytes _parts must reach before parsing again
         self.finished = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -124,30 +145,43 @@ class Unsealer:
             follows the final record.
         """
         out: list[bytes] = []
-        if self._buf:
-            self._buf += data
-            buf: bytes | bytearray = self._buf
-        else:
-            buf = data  # the common case: whole records, no copy into the buffer
-        view = memoryview(buf)
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return out
+            data = b"".join(self._parts)
+            self._parts = []
+            self._have = 0
+        size = len(data)
+        if not size:
+            return out
+        view = memoryview(data)
         offset = 0
-        size = len(buf)
-        while size - offset >= HEADER.size:
-            (word,) = HEADER.unpack_from(buf, offset)
+        unpack = HEADER.unpack_from
+        decrypt = self._aead.decrypt
+        while size - offset >= _HEADER_SIZE:
+            (word,) = unpack(data, offset)
             length = word & _LENGTH_MASK
             if length < TAG_SIZE or length > MAX_PLAINTEXT + TAG_SIZE:
                 raise CryptError(f"record length {length} out of range")
-            end = offset + HEADER.size + length
+            end = offset + _HEADER_SIZE + length
             if end > size:
-                break
+                self._parts = [view[offset:]]
+                self._have = size - offset
+                self._need = _HEADER_SIZE + length
+                return out
             if self.finished:
                 raise CryptError("data after the final record")
-            header = bytes(view[offset:offset + HEADER.size])
+            counter = self._counter
+            if counter > _MAX_COUNTER:
+                raise CryptError("record counter exhausted")
             try:
-                plaintext = self._aead.decrypt(_nonce(self._counter), view[offset + HEADER.size:end], header)
+                plaintext = decrypt(_NONCE.pack(0, counter), view[offset + _HEADER_SIZE:end],
+                                    view[offset:offset + _HEADER_SIZE])
             except InvalidTag:
-                raise CryptError(f"record {self._counter} failed authentication (wrong key or tampered)") from None
-            self._counter += 1
+                raise CryptError(f"record {counter} failed authentication (wrong key or tampered)") from None
+            self._counter = counter + 1
             offset = end
             if word & FINAL:
                 if plaintext:
@@ -155,16 +189,19 @@ class Unsealer:
                 self.finished = True
             elif plaintext:
                 out.append(plaintext)
-        view.release()
-        if buf is self._buf:
-            if offset:
-                del self._buf[:offset]
-        elif offset < size:
-            self._buf += buf[offset:]
+        if offset < size:
+            self._parts = [view[offset:]]
+            self._have = size - offset
+            self._need = _HEADER_SIZE
         return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an incomplete record."""
+        return self._have
 
     def eof(self) -> None:
         """The stream ended.  @raise CryptError: before the final record (truncated)."""
         if not self.finished:
             raise CryptError("stream ended without its final record (truncated)"
-                             + (f"; {len(self._buf)} bytes of a partial record left" if self._buf else ""))
+                             + (f"; {self._have} bytes of a partial record left" if self._have else ""))
