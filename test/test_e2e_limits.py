@@ -25,7 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import support  # noqa: E402
-from test_e2e_tcp import roundtrip, start_tool_server  # noqa: E402
+from test_e2e_tcp import start_tool_server  # noqa: E402
 from test_e2e_udp import start_udp_echo  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -250,7 +250,7 @@ def test_npc_conf_self_limits_apply_to_its_tunnels(
         s.close()
         return None
 
-    with support.until(hold, 30, "a connection to hold") as held:
+    with support.until(hold, 30, "a connection to hold"):
         assert refused(echo_port)  # max_conn=1: the held connection is the one
         support.wait_for_log(server.proc, "max_conn 1 reached")
     support.until(lambda: echo_from(echo_port), 30, "a connection once the held one closed")
