@@ -205,3 +205,26 @@ def test_peer_opened_stream_is_accepted() -> None:
     mux.data_received(lm.encode(lm.NEW_CONN, 5))
     assert [s.stream_id for s in opened] == [5]
     assert frames(transport)[:1] == [lm.MuxFrame(lm.NEW_CONN_OK, 5)]
+
+
+def test_reattach_decodes_what_arrived_while_held() -> None:
+    """Client direction: bytes that arrive between the link header and the codec being known are decoded
+    by that codec once it is, in order (a snappy stream stays intact)."""
+    from nps.legacy.crypt import SnappyCodec
+
+    transport, clock = StringTransport(), Clock()
+    streams: list[Any] = []
+    mux = LegacyMux(transport, clock, on_stream=streams.append, ping_interval=0)
+    mux.data_received(lm.encode(lm.NEW_CONN, 3))
+    (stream,) = streams
+    header = Collect()
+    stream.attach(header)
+    wire = SnappyCodec().encode(b"first-" * 1000) + SnappyCodec().encode(b"second")[10:]
+    mux.data_received(lm.encode(lm.NEW_MSG, 3, b"HEADER"))
+    stream.pauseProducing()
+    stream.hold()
+    mux.data_received(b"".join(lm.encode_message(3, wire)))
+    protocol = Collect()
+    stream.reattach(protocol, codec=SnappyCodec(), datagrams=False, rest=b"")
+    assert header.data == b"HEADER"
+    assert protocol.data == b"first-" * 1000 + b"second"

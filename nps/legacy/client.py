@@ -262,6 +262,7 @@ class _LinkHeader(Protocol):
             self.stream.reset(str(e))
             return
         self.stream.pauseProducing()
+        self.stream.hold()
         self.stream.link = link
         self.service.serve(self.stream, link, rest)
 

@@ -103,6 +103,8 @@ class LegacyStream:
         self._inbuf: deque[bytes] = deque()
         #: Wire bytes behind each entry of C{_inbuf}, acknowledged once it is taken.
         self._credits: deque[int] = deque()
+        #: Segments kept undecoded while the stream's codec is not known yet (see L{hold}).
+        self._held: list[tuple[int, bytes, int]] | None = None
         self._read_paused = False
         self._unacked = 0
         self._received_unacked = 0
@@ -329,6 +331,9 @@ class LegacyStream:
 
     def _process(self, flag: int, payload: bytes, credit: int) -> None:
         """Reassemble, decode and queue one received segment; C{credit} is given back once it is taken."""
+        if self._held is not None:
+            self._held.append((flag, payload, credit))
+            return
         if self._reassembly is not None:
             self._reassembly += payload
             if len(self._reassembly) > MAX_DATAGRAM:
@@ -364,6 +369,10 @@ class LegacyStream:
         self._credits.append(credit)
         self._drain_inbuf()
 
+    def hold(self) -> None:
+        """Keep what arrives from now on undecoded, until L{reattach} says how to decode it."""
+        self._held = []
+
     def reattach(self, protocol: IProtocol, *, codec: Codec | None, datagrams: bool, rest: bytes) -> None:
         """Hand the stream to C{protocol} after a first protocol read its header (the client direction).
 
@@ -387,8 +396,13 @@ class LegacyStream:
                 return
             self._queue(hello)
             self._flush()
+        held, self._held = self._held or [], None
         if rest:
             self._process(lm.NEW_MSG, rest, 0)
+        for flag, payload, credit in held:
+            if self._finished:
+                break
+            self._process(flag, payload, credit)
         self._read_paused = False
         self.attach(protocol)
 
