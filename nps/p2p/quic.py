@@ -26,6 +26,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType, pull_quic_header
+from aioquic.quic.recovery import QuicPacketPacer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -58,6 +59,9 @@ SEND_LOW = 512 * 1024
 #: UDP payload size: fits a 1500-byte MTU with IPv4/IPv6 and UDP headers.
 DATAGRAM_SIZE = 1400
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Seconds of sending a paced burst may cover: our timers wake about once per
+#: millisecond (epoll's resolution), so pacing finer than that only idles the link.
+PACING_BURST = 0.002
 #: Name inside the self-signed certificates (checked by the peer that pins it).
 CERT_NAME = "nps-p2p"
 ALPN = "nps-p2p/1"
@@ -145,6 +149,20 @@ def enlarge_buffers(port: Any) -> None:
             pass
 
 
+class _CoarsePacer(QuicPacketPacer):
+    """aioquic's pacer with bursts of up to L{PACING_BURST} seconds at the pacing rate.
+
+    aioquic allows at most 16 packets per burst, then waits for a timer; a
+    reactor timer fires about a millisecond later at best, which capped a
+    QUIC connection near 16 packets per millisecond however open its window.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window, smoothed_rtt)
+        if self.bucket_max < PACING_BURST:
+            self.bucket_max = PACING_BURST
+
+
 class _Connection(QuicConnection):
     """A C{QuicConnection} whose stream credit follows what our protocols consumed."""
 
@@ -152,6 +170,7 @@ class _Connection(QuicConnection):
         super().__init__(**kwargs)
         #: stream id -> bytes our protocol has taken from that stream.
         self.consumed: dict[int, int] = {}
+        self._loss._pacer = _CoarsePacer(max_datagram_size=self._max_datagram_size)
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         if not stream.max_stream_data_local:
