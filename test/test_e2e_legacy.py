@@ -420,6 +420,22 @@ def test_config_mode_crypt_compress(nps_server: Callable[..., Any], go_npc: Call
     assert roundtrip(port, payload, timeout=120) == payload
 
 
+def test_config_mode_reconnects_after_restart(nps_server: Callable[..., Any], go_npc: Callable[..., Any],
+                                              echo: EchoServer) -> None:
+    """A config-file Go npc (auto_reconnection=true) sends its npc.conf again after our nps restarts,
+    and its tunnel opens again on the same port."""
+    server = legacy_server(nps_server, public_vkey=PUBLIC_VKEY)
+    port = support.free_port()
+    conf = npc_conf(server, PUBLIC_VKEY, {"t": {"mode": "tcp", "server_ip": "127.0.0.1", "server_port": port,
+                                                "target_addr": f"127.0.0.1:{echo.port}"}})
+    npc = go_npc(conf=conf)
+    support.until(lambda: echo_works(port), what="echo before restart")
+    server.restart()
+    support.until(lambda: support.count_in_log(npc, "Successful connection with server") >= 2, timeout=90,
+                  what="npc reconnected")
+    support.until(lambda: echo_works(port), what="echo after restart")
+
+
 def test_private_vkey_config_mode(nps_server: Callable[..., Any], go_npc: Callable[..., Any],
                                   echo: EchoServer) -> None:
     """npc -config with a client's own vkey (config_conn_allow): its npc.conf tunnel opens under that client."""
