@@ -40,7 +40,7 @@ from test_e2e_udp import start_udp_echo  # noqa: E402
 
 from nps import PROTOCOL_VERSION  # noqa: E402
 from nps.bridge.server import HANDSHAKE_TIMEOUT as BRIDGE_TIMEOUT  # noqa: E402
-from nps.bridge.server import MAX_PENDING_HANDSHAKES  # noqa: E402
+from nps.bridge.server import MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE  # noqa: E402
 from nps.model import Host, Tunnel  # noqa: E402
 from nps.plugins.file import HEAD_TIMEOUT as FILE_TIMEOUT  # noqa: E402
 from nps.plugins.httpproxy import HEADER_TIMEOUT as HTTPPROXY_TIMEOUT  # noqa: E402
@@ -94,13 +94,14 @@ class BadPeers:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.peers: list[tuple[str, str, int]] = []  # (port kind, attack, local port)
+        self.peers: list[tuple[str, str, str]] = []  # (port kind, attack, our address "ip:port")
         self.drips: dict[str, float | None] = {}  # port kind -> seconds until nps closed it
         self.errors: list[str] = []
 
     def add(self, kind: str, attack: str, sock: socket.socket) -> None:
         with self.lock:
-            self.peers.append((kind, attack, sock.getsockname()[1]))
+            host, port = sock.getsockname()[:2]
+            self.peers.append((kind, attack, f"{host}:{port}"))
 
 
 def read_until_closed(sock: socket.socket, limit: float) -> None:
@@ -192,12 +193,17 @@ def echo_round_trips(port: int, stop: threading.Event, results: list[bool]) -> N
 
 
 def flood_bridge(port: int, record: BadPeers, hold: float) -> None:
-    """Open FLOOD connections to the bridge that never say anything; hold them C{hold} seconds."""
+    """Open FLOOD connections to the bridge that never say anything; hold them C{hold} seconds.
+
+    60 come from 127.0.0.2 (past the per-source cap), the rest from eight other
+    addresses (together past the global cap).
+    """
+    sources = ["127.0.0.2"] * 60 + [f"127.0.0.{3 + i % 8}" for i in range(FLOOD - 60)]
     socks = []
     try:
-        for _ in range(FLOOD):
+        for source in sources:
             try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
             except OSError as e:
                 record.errors.append(f"flood connect: {e!r}")
                 continue
@@ -304,8 +310,9 @@ def test_bad_peers_on_every_port(
 
     # Each bad peer has a log line naming its address; the flood beyond the cap is dropped at once.
     assert "too many unfinished handshakes" in server.log_text()
+    assert f"127.0.0.2 already has {MAX_PENDING_PER_SOURCE} unfinished handshakes" in server.log_text()
     log = server.log_text()
-    missing = [(kind, attack, port) for kind, attack, port in record.peers if f"127.0.0.1:{port}" not in log]
+    missing = [(kind, attack, address) for kind, attack, address in record.peers if address not in log]
     from collections import Counter
     assert not missing, f"{len(missing)} bad peers without a log line: {Counter((k, a) for k, a, _ in missing)}, e.g. {missing[:5]}"
     # A few flood connects may time out in the kernel's accept queue on a busy machine; enough got
@@ -406,3 +413,46 @@ def test_control_messages_from_a_malicious_npc(fuzz_server: Any, batch: list[dic
         server.sessions.pop(session.client_id, None)
         for tunnel_id in session.config_tunnels:
             server._close_tunnel(tunnel_id)
+
+
+# -- the bridge's caps on unfinished handshakes, in memory ---------------------------------
+
+
+def test_one_source_cannot_take_every_handshake_slot(fuzz_server: Any) -> None:
+    """
+    One address gets at most MAX_PENDING_PER_SOURCE unfinished handshakes; the
+    next is dropped at once while another address still gets in; a finished or
+    closed handshake frees its slot.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from nps.bridge.server import BridgeServerFactory
+
+    factory = BridgeServerFactory(fuzz_server, fuzz_server.reactor)
+
+    def connect(host: str, port: int) -> tuple[Any, StringTransport]:
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    held = [connect("192.0.2.1", 1000 + i) for i in range(MAX_PENDING_PER_SOURCE)]
+    assert not any(t.disconnecting for _, t in held)
+    _, dropped = connect("192.0.2.1", 2000)
+    assert dropped.disconnecting
+    other, other_transport = connect("198.51.100.1", 3000)
+    assert not other_transport.disconnecting
+    held[0][0].connectionLost(Failure(ConnectionDone()))
+    _, again = connect("192.0.2.1", 2001)
+    assert not again.disconnecting
+    assert factory.pending_from == {"192.0.2.1": MAX_PENDING_PER_SOURCE, "198.51.100.1": 1}
+    for protocol, _ in held[1:]:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    other.connectionLost(Failure(ConnectionDone()))
+    assert factory.pending_from == {"192.0.2.1": 1}
+    for call in fuzz_server.reactor.getDelayedCalls():
+        if call.active():
+            call.cancel()

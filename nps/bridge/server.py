@@ -24,6 +24,8 @@ HANDSHAKE_TIMEOUT = 10.0
 LEGACY_FIRST_BYTE = b"T"
 #: Connections still in their handshake; more are refused at once.
 MAX_PENDING_HANDSHAKES = 256
+#: Of those, at most this many from one source address (one flooder cannot lock everyone out).
+MAX_PENDING_PER_SOURCE = 32
 
 
 class SessionRejected(Exception):
@@ -45,6 +47,7 @@ class BridgeServerProtocol(Protocol):
     #: An NPS 0.26 client (first byte C{T} of C{"TST"}): nps.legacy.server takes the bytes.
     _legacy: Any = None
     _first_seen = False
+    _source = ""
 
     @property
     def peer(self) -> str:
@@ -59,6 +62,16 @@ class BridgeServerProtocol(Protocol):
             server.stats.handshake_failed("too_many_pending")
             self.transport.abortConnection()
             return
+        source = str(getattr(self.transport.getPeer(), "host", ""))
+        from_source = self.factory.pending_from.get(source, 0)
+        if from_source >= MAX_PENDING_PER_SOURCE:
+            self.log.warn("bridge: {source} already has {n} unfinished handshakes; dropping {peer}",
+                          source=source, n=from_source, peer=self.peer)
+            server.stats.handshake_failed("too_many_pending")
+            self.transport.abortConnection()
+            return
+        self._source = source
+        self.factory.pending_from[source] = from_source + 1
         self.factory.pending += 1
         self._handshake = ServerHandshake(PROTOCOL_VERSION, server.lookup_key)
         self._timer = self.factory.reactor.callLater(HANDSHAKE_TIMEOUT, self._handshake_timeout)
@@ -67,6 +80,11 @@ class BridgeServerProtocol(Protocol):
         if self._handshake is not None:
             self._handshake = None
             self.factory.pending -= 1
+            left = self.factory.pending_from.get(self._source, 1) - 1
+            if left > 0:
+                self.factory.pending_from[self._source] = left
+            else:
+                self.factory.pending_from.pop(self._source, None)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -194,3 +212,5 @@ class BridgeServerFactory(Factory):
         self.server = server
         self.reactor = reactor
         self.pending = 0
+        #: Unfinished handshakes per source address.
+        self.pending_from: dict[str, int] = {}
