@@ -200,3 +200,86 @@ def test_response_tracker_boundaries(kind: str, body: bytes, lf_only: bool, cuts
     assert done
     assert passed.lstrip(b"\r\n") == response.lstrip(b"\r\n")
     assert extra + data[pos:] == after
+
+
+def test_stream_reused_for_same_host() -> None:
+    """Keep-alive requests for the same site go down one stream (head passed on as received);
+    a request for another site switches streams, and coming back opens a new one."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    first = b"GET /1 HTTP/1.1\r\nHost: a.com\r\nX-Odd:  spaced \r\n\r\n"
+    protocol.dataReceived(first)
+    backend, stream = service.streams[0]
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    protocol.dataReceived(b"GET /2 HTTP/1.1\r\nHost: A.COM:80\r\n\r\n")
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    assert len(service.streams) == 1 and not stream.disconnecting
+    assert stream.value() == first + b"GET /2 HTTP/1.1\r\nHost: A.COM:80\r\n\r\n"
+    protocol.dataReceived(b"GET /3 HTTP/1.1\r\nHost: b.com\r\n\r\n")
+    assert len(service.streams) == 2 and stream.disconnecting
+    backend2, _ = service.streams[1]
+    backend2.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3")
+    protocol.dataReceived(b"GET /4 HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    assert len(service.streams) == 3
+    assert transport.value().endswith(b"\r\n\r\n1" + b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"
+                                      + b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3")
+
+
+def test_target_kept_per_connection_until_down() -> None:
+    """With several targets a connection stays on the one it got (one stream), new connections
+    take the next in turn, and a target reported down is left for the next healthy one."""
+    service = FakeService()
+    service.registry.add(Host(id=1, client_id=7, host="lb.com", targets=("t:1", "t:2")))
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    protocol, _ = connect(service)
+    for _ in range(3):
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: lb.com\r\n\r\n")
+        service.streams[-1][0].dataReceived(ok)
+    assert [b.target for b, _ in service.streams] == ["t:1"]
+    other, _ = connect(service)
+    other.dataReceived(b"GET / HTTP/1.1\r\nHost: lb.com\r\n\r\n")
+    assert service.streams[-1][0].target == "t:2"
+    service.registry.set_health(7, "t:1", False)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: lb.com\r\n\r\n")
+    assert service.streams[0][1].disconnecting
+    assert service.streams[-1][0].target == "t:2" and len(service.streams) == 3
+
+
+def test_keepalive_timer_restarts_per_request() -> None:
+    """The keep-alive timeout counts from the end of the last response, however many came before."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(3):
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+        service.reactor.advance(KEEPALIVE_TIMEOUT + 5)  # a slow response is not timed out
+        assert not transport.disconnecting
+        service.streams[0][0].dataReceived(ok)
+        service.reactor.advance(KEEPALIVE_TIMEOUT - 1)
+        assert not transport.disconnecting
+    assert not transport.disconnecting
+    service.reactor.advance(1)
+    assert transport.disconnecting and transport.value().count(ok) == 3
+    assert service.reactor.getDelayedCalls() == []
+
+
+def test_pipelined_requests_in_one_read() -> None:
+    """Two requests in one read: the second waits for the first response, then goes to its own host."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"GET /1 HTTP/1.1\r\nHost: a.com\r\n\r\nGET /2 HTTP/1.1\r\nHost: b.com\r\n\r\n")
+    assert len(service.streams) == 1 and transport.producerState == "paused"
+    service.streams[0][0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert len(service.streams) == 2 and transport.producerState == "producing"
+    assert service.streams[1][1].value() == b"GET /2 HTTP/1.1\r\nHost: inner\r\n\r\n"
+
+
+def test_origin_headers_rewrite_head() -> None:
+    """With http_add_origin_header the head is rebuilt with the X-Forwarded-* headers."""
+    service = service_with_hosts()
+    service.add_origin_header = True
+    protocol, _ = connect(service)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a.com\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")
+    assert service.streams[0][1].value() == (
+        b"GET / HTTP/1.1\r\nHost: a.com\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\n"
+        b"X-Forwarded-Proto: http\r\n\r\n")

@@ -143,3 +143,76 @@ def test_fuzz_valid_heads_round_trip(headers: list[tuple[bytes, bytes]]) -> None
     raw = b"GET /x HTTP/1.1\r\nHost: h\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in fields) + b"\r\n"
     request = parse_request_head(raw)
     assert parse_request_head(request.serialize()) == request
+
+
+from nps.protocols.httphead import _parse_request_head, parse_request, parse_request_fast, parse_response_fast  # noqa: E402
+
+_NAMES = st.sampled_from([b"Host", b"host", b"Content-Length", b"content-length", b"Transfer-Encoding",
+                          b"Connection", b"X-A", b"Upgrade", b"Accept"])
+_VALUES = st.sampled_from([b"a.com", b"5", b" 7 ", b"0", b"chunked", b"gzip, chunked", b"close", b"keep-alive",
+                           b"Keep-Alive, Upgrade", b"x\ty", b"1, 1", b"-1", b"\x01", b"", b"v\xe9"])
+_EOLS = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r\n ", b"\r\r\n"])
+
+
+def _outcome(fn: object, *args: object) -> object:
+    try:
+        return fn(*args)  # type: ignore[operator]
+    except HttpError as e:
+        return ("error", e.status)
+
+
+def _reader_state(body: BodyReader) -> tuple[str, int, bool]:
+    return body.kind, body.remaining, body.done
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([b"GET /x", b"POST http://a.com/y?z", b"GET  /", b"G@T /"]),
+       st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]),
+       st.lists(st.tuples(_NAMES, _VALUES, _EOLS), max_size=6))
+def test_fast_request_parser_agrees(line: bytes, version: bytes, fields: list[tuple[bytes, bytes, bytes]]) -> None:
+    """Whatever the usual-shape fast path accepts, it answers exactly as the general parser."""
+    head = line + b" " + version + b"\r\n" + b"".join(k + b": " + v + eol for k, v, eol in fields) + b"\r\n"
+    end = head.find(b"\r\n\r\n")
+    fast = _outcome(parse_request_fast, head[:end + 4])
+    general = _outcome(lambda h: (_parse_request_head(h), request_body(_parse_request_head(h))), head[:end + 4])
+    if fast is None:
+        return
+    if isinstance(fast, tuple) and fast[0] == "error":
+        assert isinstance(general, tuple) and general[0] == "error" and general[1] == fast[1]
+        return
+    assert isinstance(general, tuple) and general[0] != "error"
+    assert fast[0] == general[0] and fast[0].raw == head[:end + 4]  # type: ignore[index]
+    assert _reader_state(fast[1]) == _reader_state(general[1])  # type: ignore[index]
+    assert fast[0].keep_alive == general[0].keep_alive and fast[0].upgrade == general[0].upgrade  # type: ignore[index]
+    assert _outcome(lambda h: _reader_state(parse_request(h)[1]), head[:end + 4]) == _reader_state(fast[1])  # type: ignore[index]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 100 Continue",
+                        b"HTTP/1.1 304", b"HTTP/1.1 101 Switching", b"HTTP/1.1 099 x", b"HTTP/2.0 200 OK"]),
+       st.sampled_from([b"GET", b"HEAD"]),
+       st.lists(st.tuples(_NAMES, _VALUES, _EOLS), max_size=6), st.binary(max_size=8))
+def test_fast_response_parser_agrees(line: bytes, method: bytes, fields: list[tuple[bytes, bytes, bytes]],
+                                     before: bytes) -> None:
+    """The fast response path gives the general parser's status, keep-alive and body framing, or defers."""
+    head = line + b"\r\n" + b"".join(k + b": " + v + eol for k, v, eol in fields) + b"\r\n"
+    data = before + head + b"body"
+    end = data.find(b"\r\n\r\n", len(before))
+    fast = _outcome(parse_response_fast, data, len(before), end + 4, method)
+    if fast is None:
+        return
+    assert end + 4 == len(before) + len(head)
+
+    def general(h: bytes) -> object:
+        response = parse_response_head(h)
+        body = response_body(response, method) if response.status >= 200 else None
+        return response.status, response.keep_alive, body and _reader_state(body)
+
+    expected = _outcome(general, head)
+    if isinstance(fast, tuple) and fast[0] == "error":
+        assert expected == fast
+        return
+    status, keep_alive, body = fast  # type: ignore[misc]
+    if status < 200:  # only the final head's Connection counts
+        keep_alive = expected[1]  # type: ignore[index]
+    assert (status, keep_alive, body and _reader_state(body)) == expected

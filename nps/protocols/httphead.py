@@ -22,7 +22,10 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "HeadReader",
+    "parse_request",
+    "parse_request_fast",
     "parse_request_head",
+    "parse_response_fast",
     "parse_response_head",
     "BodyReader",
     "request_body",
@@ -43,6 +46,19 @@ _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _STATUS = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: [^\r\n]*)?")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+# Fast paths: one C-level match of a whole CRLF head in its usual shape.  A head
+# they do not match goes to the general parser, which accepts everything they
+# accept (with the same result) and explains what is wrong with the rest.
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_VCHARS = rb"[^\x00-\x08\x0a-\x1f\x7f]"
+_FAST_REQUEST = re.compile(
+    rb"(" + _TCHARS + rb"+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n((?:" + _TCHARS + rb"+:" + _VCHARS + rb"*\r\n)*)\r\n")
+_FAST_RESPONSE = re.compile(
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _VCHARS + rb"*)?\r\n((?:" + _TCHARS + rb"+:" + _VCHARS
+    + rb"*\r\n)*)\r\n")
+_FAST_FIELD = re.compile(rb"(" + _TCHARS + rb"+):[ \t]*(" + _VCHARS + rb"*?)[ \t]*\r\n")
+_FRAMING_FIELD = re.compile(rb"^(content-length|transfer-encoding|connection):[ \t]*(.*?)[ \t]*\r$", re.M)
 
 
 class HttpError(Exception):
@@ -93,6 +109,9 @@ class RequestHead:
     headers: Headers
     index: Index = attrs.field(eq=False, repr=False, default=attrs.Factory(lambda self: _index(self.headers),
                                                                            takes_self=True))
+    #: The head exactly as received when it had the usual CRLF shape (it may be
+    #: passed on as is when nothing changes), else empty.
+    raw: bytes = attrs.field(eq=False, repr=False, default=b"")
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (lower case), or None."""
@@ -261,6 +280,58 @@ def parse_request_head(head: bytes) -> RequestHead:
     @raise HttpError: 400 for a malformed head, 505 for a version other
         than HTTP/1.0 and 1.1.
     """
+    return parse_request(head)[0]
+
+
+def parse_request(head: bytes) -> tuple[RequestHead, BodyReader]:
+    """
+    Parse a request head and find its body's framing (L{request_body}).
+
+    @raise HttpError: as L{parse_request_head} and L{request_body}.
+    """
+    parsed = parse_request_fast(head)
+    if parsed is not None:
+        return parsed
+    request = _parse_request_head(head)
+    return request, request_body(request)
+
+
+def parse_request_fast(head: bytes) -> tuple[RequestHead, BodyReader] | None:
+    """
+    L{parse_request} of a head in the usual shape (CRLF lines, one C{Host},
+    plain names and values, at most L{MAX_HEADERS} lines), given the bytes
+    up to the first C{CRLF CRLF}.  None for any other head, which
+    L{HeadReader} and L{parse_request} then judge (also when an LF-only
+    blank line ended the head earlier: a match rules that out).
+
+    @raise HttpError: for bad framing headers, as L{request_body}.
+    """
+    match = _FAST_REQUEST.fullmatch(head)
+    if match is None:
+        return None
+    block = match.group(4)
+    if block.count(b"\n") > MAX_HEADERS:
+        return None
+    headers = tuple(_FAST_FIELD.findall(block))
+    index: Index = {}
+    for key, value in headers:
+        key = key.lower()
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    hosts = index.get(b"host")
+    if hosts is None or len(hosts) != 1:
+        return None
+    version = (1, 1) if match.group(3) == b"1" else (1, 0)
+    request = RequestHead(match.group(1), match.group(2), version, headers, index, head)
+    if b"content-length" not in index and b"transfer-encoding" not in index:
+        return request, BodyReader("none")
+    return request, request_body(request)
+
+
+def _parse_request_head(head: bytes) -> RequestHead:
     lines = _lines(head)
     if not lines:
         raise HttpError(400, "empty request")
@@ -318,6 +389,64 @@ def parse_response_head(head: bytes) -> ResponseHead:
     return ResponseHead(int(match.group(3)), version, tuple(headers))
 
 
+def parse_response_fast(data: bytes, start: int, end: int, method: bytes) -> tuple[int, bool, BodyReader | None] | None:
+    """
+    What the proxy needs of the response head C{data[start:end]} when it has
+    the usual shape (CRLF lines, plain header names and values, each framing
+    header at most once), without copying it: the status, whether the
+    backend keeps the connection, and the body's framing after a C{method}
+    request (None for a 1xx head).  None when the head has another shape
+    and the general parser (L{parse_response_head}, L{response_body}) must
+    decide; for the heads it takes this gives the same answers.
+
+    @raise HttpError: 502 for a bad C{Content-Length}.
+    """
+    match = _FAST_RESPONSE.fullmatch(data, start, end)
+    if match is None:
+        return None
+    first, last = match.span(3)
+    if data.count(b"\n", first, last) > MAX_HEADERS:
+        return None
+    status = int(match.group(2))
+    if status < 200:
+        return status, True, None
+    lowered = data[first - 1:last].lower()  # from the status line's LF: every name follows one
+    length = _framing_value(lowered, b"\ncontent-length:")
+    coding = _framing_value(lowered, b"\ntransfer-encoding:")
+    connection = _framing_value(lowered, b"\nconnection:")
+    if length is _TWICE or coding is _TWICE or connection is _TWICE:
+        return None
+    if connection is None:
+        keep_alive = match.group(1) == b"1"
+    elif match.group(1) == b"1":
+        keep_alive = b"close" not in _tokens((connection,))
+    else:
+        keep_alive = b"keep-alive" in _tokens((connection,))
+    if method == b"HEAD" or status in (204, 304):
+        return status, keep_alive, BodyReader("none")
+    if coding is not None:
+        tokens = _tokens((coding,))
+        return status, keep_alive, BodyReader("chunked" if tokens and tokens[-1] == b"chunked" else "close",
+                                              error_status=502)
+    if length is not None:
+        return status, keep_alive, BodyReader("length", _content_length([length], 502), error_status=502)
+    return status, keep_alive, BodyReader("close")
+
+
+_TWICE = b"\n"
+
+
+def _framing_value(lowered: bytes, prefix: bytes) -> bytes | None:
+    """The value of the header line starting with C{prefix}; None if there is none, L{_TWICE} if several."""
+    at = lowered.find(prefix)
+    if at < 0:
+        return None
+    if lowered.find(prefix, at + 1) >= 0:
+        return _TWICE
+    at += len(prefix)
+    return lowered[at:lowered.index(b"\r", at)].strip(b" \t")
+
+
 class BodyReader:
     """
     Follows one body's framing: C{feed(data)} returns how many leading bytes
@@ -336,20 +465,24 @@ class BodyReader:
         self._state = "size"
         self._line = bytearray()
 
-    def feed(self, data: bytes | bytearray) -> int:
+    def feed(self, data: bytes | bytearray, start: int = 0) -> int:
+        """
+        @param start: where in C{data} to begin (the count returned is of
+            bytes from there), so that no slice is needed.
+        """
         if self.done:
             return 0
-        if self.kind == "close":
-            return len(data)
         if self.kind == "length":
-            take = min(self.remaining, len(data))
+            take = min(self.remaining, len(data) - start)
             self.remaining -= take
             self.done = self.remaining == 0
             return take
-        return self._feed_chunked(data)
+        if self.kind == "close":
+            return len(data) - start
+        return self._feed_chunked(data, start) - start
 
-    def _feed_chunked(self, data: bytes | bytearray) -> int:
-        pos = 0
+    def _feed_chunked(self, data: bytes | bytearray, start: int) -> int:
+        pos = start
         size = len(data)
         while pos < size and not self.done:
             state = self._state

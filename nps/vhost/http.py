@@ -31,11 +31,14 @@ from nps.protocols.httphead import (
     HeadReader,
     HttpError,
     RequestHead,
-    parse_request_head,
+    MAX_HEAD_SIZE,
+    parse_request,
+    parse_request_fast,
+    parse_response_fast,
     parse_response_head,
-    request_body,
     response_body,
 )
+from nps.fastwrite import writer_for
 from nps.relay import tune_socket
 from nps.vhost.registry import Route, normalize_name
 
@@ -140,44 +143,68 @@ class _ResponseTracker:
         @raise HttpError: 502 for a malformed response.
         """
         body = self.body
+        size = len(data)
         if body is not None:
             taken = body.feed(data)
-            if taken == len(data):
+            if taken == size:
                 return data, b"", body.done
             return data[:taken], data[taken:], body.done
         out: list[bytes] = []
+        mark = 0  # data[mark:pos] is passed on as it is
         pos = 0
-        size = len(data)
         while pos < size:
-            if self.body is None:
-                head = _whole_head(data, pos) if not self._reader.pending else None
-                if head is not None:
-                    pos += len(head)
+            body = self.body
+            if body is None:
+                fast = None
+                if not self._reader.pending:
+                    end = data.find(b"\r\n\r\n", pos, pos + MAX_RESPONSE_HEAD)
+                    if end >= 0:
+                        fast = parse_response_fast(data, pos, end + 4, self.method)
+                        if fast is not None:
+                            pos = end + 4
+                if fast is None:
+                    if mark < pos:
+                        out.append(data[mark:pos])
+                    head = _whole_head(data, pos) if not self._reader.pending else None
+                    if head is not None:
+                        pos += len(head)
+                    else:
+                        head = self._reader.feed(data[pos:] if pos else data)
+                        if head is None:
+                            return b"".join(out), b"", False
+                        pos = size - len(self._reader.take_rest())
+                    response = parse_response_head(head)
+                    out.append(head)
+                    mark = pos
+                    status = response.status
+                    keep_alive = response.keep_alive
+                    body = response_body(response, self.method) if status >= 200 else None
                 else:
-                    head = self._reader.feed(data[pos:] if pos else data)
-                    if head is None:
-                        return b"".join(out), b"", False
-                    pos = size - len(self._reader.take_rest())
-                response = parse_response_head(head)
-                out.append(head)
+                    status, keep_alive, body = fast
                 self.started = True
-                self.status = response.status
-                if response.status == 101:
+                self.status = status
+                if status == 101:
                     self.upgraded = True
-                    return b"".join(out), data[pos:], True
-                if response.status < 200:
+                    return _emit(out, data, mark, pos), data[pos:], True
+                if body is None:  # 1xx
                     continue
-                self.keep_alive = response.keep_alive
-                self.body = response_body(response, self.method)
-                if self.body.done:
-                    return b"".join(out), data[pos:], True
+                self.keep_alive = keep_alive
+                self.body = body
+                if body.done:
+                    return _emit(out, data, mark, pos), data[pos:], True
             else:
-                rest = data[pos:]
-                taken = self.body.feed(rest)
-                out.append(rest if taken == len(rest) else rest[:taken])
-                pos += taken
-                return b"".join(out), data[pos:], self.body.done
-        return b"".join(out), b"", False
+                pos += body.feed(data, pos)
+                return _emit(out, data, mark, pos), data[pos:] if pos < size else b"", body.done
+        return _emit(out, data, mark, pos), b"", False
+
+
+def _emit(out: list[bytes], data: bytes, mark: int, pos: int) -> bytes:
+    """C{out} followed by C{data[mark:pos]}, copying only what must be."""
+    if not out:
+        return data if mark == 0 and pos == len(data) else data[mark:pos]
+    if mark < pos:
+        out.append(data[mark:pos])
+    return b"".join(out)
 
 
 def _whole_head(data: bytes, pos: int) -> bytes | None:
@@ -237,6 +264,8 @@ class VhostHttpProtocol(Protocol):
         self._response: _ResponseTracker | None = None
         self._backend: _Backend | None = None
         self._timer: IDelayedCall | None = None
+        self._deadline: float | None = None
+        self._write: Any = None
         self._user_eof = False
         self._remote = ""
         self._gate: _ReadGate | None = None
@@ -246,6 +275,7 @@ class VhostHttpProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tune_socket(self.transport)
+        self._write = writer_for(self.transport)
         peer = self.transport.getPeer()
         self._remote = format_host_port(getattr(peer, "host", "?"), getattr(peer, "port", 0))
         self._gate = _ReadGate(self.transport)
@@ -258,6 +288,24 @@ class VhostHttpProtocol(Protocol):
             return
         if self._state == "closed":
             return
+        if self._state == "head" and not self._pending and not self._reader.pending:
+            # The usual case: a whole head (and maybe more) in one read.
+            end = data.find(b"\r\n\r\n", 0, MAX_HEAD_SIZE)
+            if end >= 0:
+                size = end + 4
+                try:
+                    parsed = parse_request_fast(data if size == len(data) else data[:size])
+                except HttpError as e:
+                    self._refuse(e.status, e.reason)
+                    return
+                if parsed is not None:
+                    if size < len(data):
+                        self._pending += data[size:]
+                    self._deadline = None
+                    self._start_request(*parsed)
+                    if self._state == "body":
+                        self._process()
+                    return
         self._pending += data
         self._process()
 
@@ -298,10 +346,9 @@ class VhostHttpProtocol(Protocol):
                 if head is None:
                     return
                 self._pending += self._reader.take_rest()
-                self._cancel_timer()
+                self._deadline = None
                 try:
-                    request = parse_request_head(head)
-                    body = request_body(request)
+                    request, body = parse_request(head)
                 except HttpError as e:
                     self._refuse(e.status, e.reason)
                     return
@@ -353,14 +400,19 @@ class VhostHttpProtocol(Protocol):
             self.transport.write(_UNAUTHORIZED)
             self._close()
             return
-        target = factory.service.registry.next_target(route)
-        if target is None:
-            self._refuse(502, f"Every target of {host.host} is down (health checks).")
-            return
+        registry = factory.service.registry
         backend = self._backend
-        if backend is not None and (backend.route is not route or backend.target != target):
-            self._drop_backend()
-            backend = None
+        target: str | None
+        if backend is not None and backend.route is route and registry.usable(route, backend.target):
+            target = backend.target  # the same site again: its stream goes on (as NPS does)
+        else:
+            target = registry.next_target(route)
+            if target is None:
+                self._refuse(502, f"Every target of {host.host} is down (health checks).")
+                return
+            if backend is not None:
+                self._drop_backend()
+                backend = None
         if backend is None:
             backend = _Backend(self, route, target)
             self._backend = backend
@@ -397,7 +449,9 @@ class VhostHttpProtocol(Protocol):
             changes.append((b"X-Real-IP", ip))
             changes.append((b"X-Forwarded-Proto", self.factory.scheme.encode("ascii")))
         if not changes:
-            return request.serialize(tuple(headers)) if strip_auth else request.serialize()
+            if strip_auth:
+                return request.serialize(tuple(headers))
+            return request.raw or request.serialize()
         replaced = {name.lower() for name, _ in changes}
         headers = [(k, v) for k, v in headers if k.lower() not in replaced] + changes
         return request.serialize(tuple(headers))
@@ -430,7 +484,7 @@ class VhostHttpProtocol(Protocol):
         if backend is not self._backend:
             return
         if self._state == "tunnel":
-            self.transport.write(data)
+            self._write(data)
             return
         tracker = self._response
         if tracker is None:
@@ -450,7 +504,7 @@ class VhostHttpProtocol(Protocol):
                 self._refuse(502, f"The site's server sent a malformed response ({e.reason}).")
             return
         if out:
-            self.transport.write(out)
+            self._write(out)
         if done:
             self._response_done(backend, extra)
 
@@ -465,7 +519,7 @@ class VhostHttpProtocol(Protocol):
                 return
             self._state = "tunnel"
             if extra:
-                self.transport.write(extra)
+                self._write(extra)
             if self._pending:
                 backend.transport.write(bytes(self._pending))
                 self._pending.clear()
@@ -548,16 +602,35 @@ class VhostHttpProtocol(Protocol):
         self.transport.loseConnection()
 
     def _start_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self._timer = self.factory.clock.callLater(seconds, self._timed_out)
+        """Time out C{seconds} from now; an armed timer that fires sooner is kept and re-armed then
+        (so keep-alive requests do not each schedule and cancel a call)."""
+        clock = self.factory.clock
+        deadline = clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._timer = clock.callLater(seconds, self._timed_out)
 
     def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        clock = self.factory.clock
+        now = clock.seconds()
+        if now < deadline:
+            self._timer = clock.callLater(deadline - now, self._timed_out)
+            return
+        self._deadline = None
         if self._state != "head":
             return
         if self._pending or self._reader.pending:

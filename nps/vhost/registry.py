@@ -180,6 +180,10 @@ class Registry:
     def down_targets(self, client_id: int) -> frozenset[str]:
         return frozenset(self._down.get(client_id, ()))
 
+    def usable(self, route: Route, target: str) -> bool:
+        """Whether C{target} is one of the route's targets and not reported down."""
+        return target in route.host.targets and target not in self._down.get(route.host.client_id, ())
+
     def next_target(self, route: Route) -> str | None:
         """The route's next healthy target (None: every target is down)."""
         return route.next_target(self._down.get(route.host.client_id, frozenset()))
