@@ -73,12 +73,6 @@ def stream_keys(secret: bytes, salt: str, *, opener: bool) -> tuple[bytes, bytes
 _NONCE = struct.Struct("!IQ")  # 4 zero bytes + the u64 record counter
 
 
-def _nonce(counter: int) -> bytes:
-    if counter > _MAX_COUNTER:
-        raise CryptError("record counter exhausted")
-    return _NONCE.pack(0, counter)
-
-
 class Sealer:
     """Encrypts what one side writes into records."""
 
@@ -145,6 +139,8 @@ class Unsealer:
             follows the final record.
         """
         out: list[bytes] = []
+        if type(data) is not bytes:
+            data = bytes(data)  # pieces may be kept: they must not change under us
         if self._parts:
             self._parts.append(data)
             self._have += len(data)
