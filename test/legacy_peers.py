@@ -61,6 +61,8 @@ class GoNps:
         self.public_vkey = public_vkey
         self.clients: dict[int, dict[str, Any]] = {}
         self.tasks: list[dict[str, Any]] = []
+        #: More nps.conf lines (e.g. C{{"ip_limit": "true"}}).
+        self.extra: dict[str, str] = {}
         self.proc: Any = None
 
     @property
@@ -87,7 +89,8 @@ class GoNps:
         (conf / "nps.conf").write_text(
             "appname = nps\nrunmode = dev\nbridge_type=tcp\n"
             f"bridge_port={self.bridge_port}\nbridge_ip=127.0.0.1\npublic_vkey={self.public_vkey}\n"
-            "log_level=7\nhttp_proxy_port=\nhttps_proxy_port=\nweb_port=\ndisconnect_timeout=60\n")
+            "log_level=7\nhttp_proxy_port=\nhttps_proxy_port=\nweb_port=\ndisconnect_timeout=60\n"
+            + "".join(f"{key}={value}\n" for key, value in self.extra.items()))
         (conf / "clients.json").write_text("".join(json.dumps(c) + "\n*#*" for c in self.clients.values()))
         (conf / "tasks.json").write_text("".join(json.dumps(t) + "\n*#*" for t in self.tasks))
         (conf / "hosts.json").write_text("")

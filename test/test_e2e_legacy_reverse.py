@@ -161,6 +161,24 @@ def test_config_mode_refused_tunnel(go_nps: Callable[..., GoNps], npc_client: Ca
     assert "refused tunnel [busy]" in npc.log_text()
 
 
+def test_register_against_go_nps(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                 echo: EchoServer) -> None:
+    """With the Go nps's ip_limit=true, `npc register -proto=0.26` from this address opens its tunnels."""
+    server = go_nps()
+    server.extra["ip_limit"] = "true"
+    client = server.add_client("py-vkey-reg")
+    port = support.free_port()
+    server.add_tunnel(client, port, f"127.0.0.1:{echo.port}")
+    server.start()
+    npc = our_npc(npc_client, server, "py-vkey-reg")
+    support.wait_for_log(npc, "connected to NPS 0.26 server")
+    assert not echo_works(port)
+    reg = npc_client("register", "-proto=0.26", f"-server={server.bridge_addr}", "-vkey=py-vkey-reg", "-time=1",
+                     name="register")
+    assert reg.wait(30) == 0, reg.log_text()
+    support.until(lambda: echo_works(port), what="echo after register")
+
+
 def test_bad_proto_flags(npc_client: Callable[..., Any]) -> None:
     """-proto takes only 0.26, and with it only the flags it supports; each mistake is named."""
     bad = npc_client("-proto=0.27", "-server=127.0.0.1:1", "-vkey=k", name="bad1")

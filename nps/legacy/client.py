@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from twisted.application.internet import backoffPolicy
@@ -73,6 +74,7 @@ class LegacyClientProtocol(Protocol):
         self._step = 0
         self._timer: IDelayedCall | None = None
         self._done = False
+        self._finished = False
 
     def connectionMade(self) -> None:
         tune_socket(self.transport, keepalive=True)
@@ -135,9 +137,10 @@ class LegacyClientProtocol(Protocol):
         try:
             out, self._need = conversation.send(answer) if answer is not None else next(conversation)
         except StopIteration as stop:
+            # Done: close, and report once the close (and so every byte we wrote) has gone out.
             self._conversation = None
             self.result = stop.value
-            self.ready.callback(self)
+            self._finished = True
             self.transport.loseConnection()
             return
         except LegacyRefused as e:
@@ -156,6 +159,8 @@ class LegacyClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._finished and not self.ready.called:
+            self.ready.callback(self)
         if not self.ready.called:
             self.ready.errback(LegacyRefused(f"connection closed during the handshake: {reason.getErrorMessage()}"))
         if self.mux is not None:
@@ -446,14 +451,32 @@ def make_legacy_npc(reactor: Any, server: str, vkey: str, *, disconnect_timeout:
                             on_fatal=on_fatal, config=config)
 
 
+def register_conversation(hours: int) -> Conversation:
+    """NPS's C{rgst}: the hours, no answer (the server closes)."""
+    yield (struct.pack("<i", hours), 0)
+    return ""
+
+
+def register(reactor: Any, host: str, port: int, vkey: str, hours: int) -> Deferred[Any]:
+    """C{npc register} against an NPS 0.26 server: fires once the request is sent and acknowledged by the close."""
+    service = LegacyNpcService(reactor, host, port, vkey, {})
+    factory = _Factory(service, lh.WORK_REGISTER, vkey, register_conversation(hours))
+    d = connect_tcp(reactor, host, port, factory, timeout=CONNECT_TIMEOUT)
+    return d.addCallback(lambda protocol: protocol.ready)
+
+
 def legacy_main(args: list[str]) -> int:
-    """C{npc -proto=0.26 -server=HOST:PORT -vkey=KEY [-disconnect_timeout=N] [-log_level=N]}.
+    """C{npc -proto=0.26 -server=HOST:PORT -vkey=KEY [-disconnect_timeout=N] [-log_level=N]},
+    C{npc -proto=0.26 -config=npc.conf}, C{npc register -proto=0.26 -server= -vkey= [-time=HOURS]}.
 
     @param args: the command line with Go flags already turned into C{--name=value}.
     """
     import sys
 
     from nps.cli.run import begin_logging, nps_log_level, run_service
+
+    if args and args[0] == "register":
+        return _register_main(args[1:])
 
     values = {"proto": "", "server": "", "vkey": "", "type": "tcp", "disconnect_timeout": "60", "log_level": "6",
               "config": ""}
@@ -502,3 +525,47 @@ def legacy_main(args: list[str]) -> int:
     return run_service(lambda reactor, on_fatal: make_legacy_npc(
         reactor, values["server"], values["vkey"], disconnect_timeout=timeout, on_fatal=on_fatal, config=config),
         "npc")
+
+
+def _register_main(args: list[str]) -> int:
+    import sys
+
+    from twisted.internet import task
+
+    from nps.config import parse_host_port
+
+    values = {"proto": "", "server": "", "vkey": "", "time": "2"}
+    words = iter(args)
+    for arg in words:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in values:
+            print(f"npc: unknown argument {arg!r} for npc register -proto=0.26 (takes -server, -vkey, -time)",
+                  file=sys.stderr)
+            return 2
+        values[name] = value if equals else next(words, "")
+    try:
+        host, port = parse_host_port(values["server"])
+        hours = int(values["time"])
+        if not values["vkey"] or not 0 < hours <= lh.MAX_REGISTER_HOURS:
+            raise ValueError(f"needs -vkey and -time between 1 and {lh.MAX_REGISTER_HOURS} hours")
+    except ValueError as e:
+        print(f"npc: register -proto=0.26: {e}", file=sys.stderr)
+        return 2
+    outcome: list[int] = []
+
+    def run(reactor: Any) -> Any:
+        def ok(_: Any) -> None:
+            print(f"npc: this address is registered on {values['server']} for {hours} hours")
+            outcome.append(0)
+
+        def failed(failure: Failure) -> None:
+            print(f"npc: register on {values['server']} failed: {failure.getErrorMessage()}", file=sys.stderr)
+            outcome.append(1)
+
+        return register(reactor, host, port, values["vkey"], hours).addCallbacks(ok, failed)
+
+    try:
+        task.react(run)
+    except SystemExit:
+        pass
+    return outcome[0] if outcome else 1
