@@ -161,7 +161,7 @@ class MuxStream:
         The sequence stays whole (one frame, e.g. one encrypted record) even
         when it must wait for credit, unless waiting could stall the stream.
         """
-        parts = list(data)
+        parts = [part if type(part) is bytes else bytes(part) for part in data]  # the bridge transport wants bytes
         size = sum(map(len, parts))
         if size > MAX_SEQUENCE_FRAME:
             self.write(b"".join(parts))

@@ -9,6 +9,7 @@ on its way (never when waiting could stall the stream).
 from __future__ import annotations
 
 import json
+from typing import Sequence
 import os
 
 from hypothesis import HealthCheck, given, settings
@@ -116,3 +117,22 @@ def test_unsealer_joins_a_cut_record_once() -> None:
         assert unsealer.buffered <= 100_000 + 4 + TAG_SIZE
     assert got == [pattern(100_000), b"next"]
     assert unsealer.buffered == 0
+
+
+def test_sequence_of_other_buffers_reaches_the_bridge_as_bytes() -> None:
+    """bytearray and memoryview parts are accepted, and the bridge transport is only given bytes."""
+    p = Pair()
+    near, _, far, far_proto = p.open()
+    written: list[object] = []
+    original = p.c.transport.writeSequence
+
+    def spy(seq: Sequence[bytes]) -> None:
+        written.extend(seq)
+        original(list(seq))
+
+    p.c.transport.writeSequence = spy  # type: ignore[method-assign]
+    near.mux._send_now = spy  # what the mux writes with
+    near.writeSequence([bytearray(b"ab"), memoryview(b"cd"), b"ef"])  # type: ignore[list-item]
+    p.pump()
+    assert bytes(far_proto.received) == b"abcdef"
+    assert written and all(type(buf) is bytes for buf in written)
