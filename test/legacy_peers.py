@@ -75,11 +75,11 @@ class GoNps:
         self.clients[client_id] = _client(client_id, vkey, crypt, compress, rate_limit)
         return client_id
 
-    def add_tunnel(self, client_id: int, port: int, target: str, mode: str = "tcp") -> None:
+    def add_tunnel(self, client_id: int, port: int, target: str, mode: str = "tcp", password: str = "") -> None:
         self.tasks.append({
             "Id": len(self.tasks) + 1, "Port": port, "ServerIp": "127.0.0.1", "Mode": mode, "Status": True,
             "RunStatus": False, "Client": self.clients[client_id], "Ports": str(port),
-            "Flow": {"ExportFlow": 0, "InletFlow": 0, "FlowLimit": 0}, "Password": "",
+            "Flow": {"ExportFlow": 0, "InletFlow": 0, "FlowLimit": 0}, "Password": password,
             "Remark": f"t{len(self.tasks) + 1}", "TargetAddr": "", "NoStore": False, "LocalPath": "",
             "StripPre": "", "Target": {"TargetStr": target, "TargetArr": None, "LocalProxy": False},
             "MultiAccount": None})

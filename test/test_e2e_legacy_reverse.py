@@ -179,9 +179,30 @@ def test_register_against_go_nps(go_nps: Callable[..., GoNps], npc_client: Calla
     support.until(lambda: echo_works(port), what="echo after register")
 
 
+def test_secret_visitor_against_go_nps(go_nps: Callable[..., GoNps], npc_client: Callable[..., Any],
+                                       echo: EchoServer) -> None:
+    """A secret tunnel on the Go nps: our npc -proto=0.26 provides it, another visits it with -password."""
+    server = go_nps()
+    provider = server.add_client("py-provider")
+    server.add_client("py-visitor")
+    server.add_tunnel(provider, 0, f"127.0.0.1:{echo.port}", mode="secret", password="go-secret-pw")
+    server.start()
+    npc = our_npc(npc_client, server, "py-provider")
+    support.wait_for_log(npc, "connected to NPS 0.26 server")
+    local = support.free_port()
+    visitor = npc_client("-proto=0.26", f"-server={server.bridge_addr}", "-vkey=py-visitor",
+                         "-password=go-secret-pw", "-local_type=secret", f"-local_port={local}", name="visitor")
+    support.wait_for_port("127.0.0.1", local, proc=visitor)
+    support.until(lambda: echo_works(local), what="echo through the secret tunnel")
+    payload = os.urandom(1 << 20)
+    assert roundtrip(local, payload, timeout=60) == payload
+
+
 def test_bad_proto_flags(npc_client: Callable[..., Any]) -> None:
     """-proto takes only 0.26, and with it only the flags it supports; each mistake is named."""
     bad = npc_client("-proto=0.27", "-server=127.0.0.1:1", "-vkey=k", name="bad1")
     assert bad.wait(30) == 2 and "-proto='0.27'" in bad.log_text()
-    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-password=x", name="bad2")
+    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-target=1.2.3.4:5", name="bad2")
     assert bad.wait(30) == 2 and "not supported with -proto=0.26" in bad.log_text()
+    bad = npc_client("-proto=0.26", "-server=127.0.0.1:1", "-vkey=k", "-password=x", "-local_type=p2p", name="bad3")
+    assert bad.wait(30) == 2 and "only secret visitors" in bad.log_text()

@@ -37,7 +37,7 @@ from nps.legacy.crypt import SnappyCodec, TlsCodec, client_context
 from nps.legacy.mux import LegacyMux, LegacyStream
 from nps.protocols import legacy_handshake as lh
 from nps.protocols.legacy_link import LinkError, LinkReader, from_legacy
-from nps.relay import tune_socket
+from nps.relay import Relay, RelayFactory, tune_socket
 
 if TYPE_CHECKING:
     from nps.config import ClientConfig
@@ -90,9 +90,16 @@ class LegacyClientProtocol(Protocol):
             self.ready.errback(error)
         self.transport.loseConnection()
 
+    #: C{sert}: the local visitor connection this bridge connection is relayed to.
+    visitor: Relay | None = None
+    _relay: Relay | None = None
+
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
             self.mux.data_received(data)
+            return
+        if self._relay is not None:
+            self._relay.dataReceived(data)
             return
         if self._done and self._conversation is None:
             return  # the signal connection: nothing we act on (p2p is not supported)
@@ -118,6 +125,15 @@ class LegacyClientProtocol(Protocol):
             self._timer = None
             self._done = True
             self.transport.write(self.work)
+            if self.work == lh.WORK_SECRET and self.visitor is not None:
+                # NPS's secret visit: the password's md5, then this connection is the raw relay.
+                self.transport.write(lh.md5_hex(self.service.visitor_password))
+                self._relay = RelayFactory(self.visitor).buildProtocol(None)
+                self._relay.makeConnection(self.transport)
+                if rest:
+                    self._relay.dataReceived(rest)
+                self.ready.callback(self)
+                return
             if self.work in (lh.WORK_CHAN, lh.WORK_FILE):
                 self.mux = LegacyMux(self.transport, self.service.reactor, name="NPS 0.26 server",
                                      on_stream=self._on_stream,
@@ -159,6 +175,14 @@ class LegacyClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self.visitor is not None:
+            if self._relay is not None:
+                self._relay.connectionLost(reason)
+            elif self.visitor.transport is not None:
+                self.visitor.transport.loseConnection()
+            if not self.ready.called:
+                self.ready.errback(LegacyRefused(f"secret visit failed: {reason.getErrorMessage()}"))
+            return
         if self._finished and not self.ready.called:
             self.ready.callback(self)
         if not self.ready.called:
@@ -181,6 +205,38 @@ class _Factory(Factory):
 
     def buildProtocol(self, addr: Any) -> LegacyClientProtocol:
         return LegacyClientProtocol(self.service, self.work, self.vkey, self.conversation, self.on_stream)
+
+
+class _VisitorSide(Relay):
+    """A local connection of a secret visitor: one C{sert} bridge connection carries it."""
+
+    factory: "_VisitorFactory"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        service = self.factory.service
+        bridge = _Factory(service, lh.WORK_SECRET, service.vkey)
+        d = connect_tcp(service.reactor, service.host, service.port, bridge, timeout=CONNECT_TIMEOUT)
+
+        def connected(protocol: LegacyClientProtocol) -> Deferred[LegacyClientProtocol]:
+            protocol.visitor = self
+            return protocol.ready
+
+        def failed(failure: Failure) -> None:
+            LegacyNpcService.log.warn("secret visit to {server} failed: {error}", server=service.server,
+                                      error=failure.getErrorMessage())
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+        d.addCallback(connected).addErrback(failed)
+
+
+class _VisitorFactory(Factory):
+    noisy = False
+    protocol = _VisitorSide  # type: ignore[assignment]
+
+    def __init__(self, service: "LegacyNpcService") -> None:
+        self.service = service
 
 
 #: A config-file conversation: yields (bytes to send, bytes to read), gets the bytes read, returns the vkey.
@@ -297,11 +353,26 @@ class LegacyNpcService(MultiService):
         self.connected_once = False
         self.online = False
         self.config = config
+        #: C{-password=}: this npc is a secret visitor (no session; one bridge connection per local one).
+        self.visitor_password = ""
+        self.visitor_address = ("127.0.0.1", 2000)
+        self._visitor_port: Any = None
         #: Reconnect after a lost session (npc.conf's auto_reconnection=false turns it off).
         self.auto_reconnect = not (config is not None and config.common.auto_reconnection is False)
 
+    def privilegedStartService(self) -> None:
+        """A secret visitor binds its local port now, so a taken port stops start-up with an error."""
+        if self.visitor_password:
+            ip, port = self.visitor_address
+            self._visitor_port = self.reactor.listenTCP(port, _VisitorFactory(self), interface=ip)
+            self.log.info("secret visitor: local port {ip}:{port} -> {server} (NPS 0.26 protocol)", ip=ip,
+                          port=port, server=self.server)
+        super().privilegedStartService()
+
     def startService(self) -> None:
         super().startService()
+        if self.visitor_password:
+            return
         self.log.info("npc (NPS 0.26 protocol) connecting to {server}", server=self.server)
         self._connect()
 
@@ -311,6 +382,9 @@ class LegacyNpcService(MultiService):
         self._retry = None
         for protocol in list(self._current):
             protocol.transport.loseConnection()
+        if self._visitor_port is not None:
+            self._visitor_port.stopListening()
+            self._visitor_port = None
         return super().stopService()
 
     def _connect(self) -> None:
@@ -479,13 +553,14 @@ def legacy_main(args: list[str]) -> int:
         return _register_main(args[1:])
 
     values = {"proto": "", "server": "", "vkey": "", "type": "tcp", "disconnect_timeout": "60", "log_level": "6",
-              "config": ""}
+              "config": "", "password": "", "local_type": "secret", "local_port": "2000", "local_ip": "127.0.0.1"}
     words = iter(args)
     for arg in words:
         name, equals, value = arg.lstrip("-").partition("=")
         if not arg.startswith("-") or name not in values:
             print(f"npc: {arg!r} is not supported with -proto=0.26 (it takes -server, -vkey, -config, -type=tcp, "
-                  "-disconnect_timeout, -log_level)", file=sys.stderr)
+                  "-password, -local_type=secret, -local_port, -local_ip, -disconnect_timeout, -log_level)",
+                  file=sys.stderr)
             return 2
         values[name] = value if equals else next(words, "")
     if values["proto"] != "0.26":
@@ -513,18 +588,31 @@ def legacy_main(args: list[str]) -> int:
     if not values["server"] or not values["vkey"]:
         print("npc: -proto=0.26 needs -server=HOST:PORT and -vkey=KEY", file=sys.stderr)
         return 2
+    if values["password"] and values["local_type"] != "secret":
+        print(f"npc: -local_type={values['local_type']!r}: only secret visitors work with -proto=0.26",
+              file=sys.stderr)
+        return 2
     try:
         timeout = int(values["disconnect_timeout"])
         level = int(values["log_level"])
+        local_port = int(values["local_port"])
+        if not 0 < local_port < 65536:
+            raise ValueError(f"-local_port={local_port} is not a port number")
         from nps.config import parse_host_port
         parse_host_port(values["server"])
     except ValueError as e:
         print(f"npc: {e}", file=sys.stderr)
         return 2
     begin_logging(nps_log_level(level), sys.stdout)
-    return run_service(lambda reactor, on_fatal: make_legacy_npc(
-        reactor, values["server"], values["vkey"], disconnect_timeout=timeout, on_fatal=on_fatal, config=config),
-        "npc")
+
+    def build(reactor: Any, on_fatal: Callable[[int, str], None]) -> LegacyNpcService:
+        service = make_legacy_npc(reactor, values["server"], values["vkey"], disconnect_timeout=timeout,
+                                  on_fatal=on_fatal, config=config)
+        service.visitor_password = values["password"]
+        service.visitor_address = (values["local_ip"], local_port)
+        return service
+
+    return run_service(build, "npc")
 
 
 def _register_main(args: list[str]) -> int:
