@@ -16,6 +16,10 @@ answers each with one byte; a public key gets a one-time vkey back, used
 for the signal and tunnel connections.  Each C{file} tunnel gets its own
 C{file} connection whose streams (no link header) are served from its
 C{local_path}.
+
+With C{-password=} it is a secret visitor instead: each connection to its
+local port gets its own C{sert} bridge connection, relayed raw.  C{npc
+register -proto=0.26} sends NPS's C{rgst}.
 """
 from __future__ import annotations
 
