@@ -283,3 +283,28 @@ def test_origin_headers_rewrite_head() -> None:
     assert service.streams[0][1].value() == (
         b"GET / HTTP/1.1\r\nHost: a.com\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\n"
         b"X-Forwarded-Proto: http\r\n\r\n")
+
+
+def test_route_table_changes_seen_by_open_connections() -> None:
+    """A keep-alive connection routes by the current table: a host replaced goes to its new
+    target, a removed host gets 404, and a second location on the name is honoured."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    get = b"GET /static/x HTTP/1.1\r\nHost: a.com\r\n\r\n"
+    protocol.dataReceived(get)
+    service.streams[-1][0].dataReceived(ok)
+    service.registry.add(Host(id=1, client_id=1, host="a.com", targets=("t:9",)))
+    protocol.dataReceived(get)
+    assert service.streams[-1][0].target == "t:9" and len(service.streams) == 2
+    service.streams[-1][0].dataReceived(ok)
+    service.registry.add(Host(id=3, client_id=1, host="a.com", location="/static", targets=("t:3",)))
+    protocol.dataReceived(get)
+    assert service.streams[-1][0].target == "t:3"
+    service.streams[-1][0].dataReceived(ok)
+    protocol.dataReceived(b"GET /other HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    assert service.streams[-1][0].target == "t:9"
+    service.streams[-1][0].dataReceived(ok)
+    service.registry.remove(1)
+    protocol.dataReceived(b"GET /other HTTP/1.1\r\nHost: a.com\r\n\r\n")
+    assert transport.value().endswith(b"</html>\n") and b"404 Not Found" in transport.value()

@@ -89,3 +89,18 @@ def test_sync_keeps_unchanged_routes() -> None:
     errors = r.sync([host(1, "a.com", targets=("t:1", "t:2")), host(3, "cfg.com")])
     assert r.get(1) is first and r.get(2) is None and r.get(-1) is not None
     assert [h.id for h, _ in errors] == [3]
+
+
+def test_lookup_any_path() -> None:
+    """A name has one route for every path only when its first matching bucket holds a lone '/' route."""
+    registry = Registry()
+    registry.add(Host(id=1, client_id=1, host="a.com", targets=("t:1",)))
+    registry.add(Host(id=2, client_id=1, host="*.b.com", targets=("t:2",)))
+    registry.add(Host(id=3, client_id=1, host="x.b.com", location="/api", targets=("t:3",)))
+    assert registry.lookup_any_path("A.com:80", "http") is registry.get(1)
+    assert registry.lookup_any_path("y.b.com", "http") is registry.get(2)
+    assert registry.lookup_any_path("x.b.com", "http") is None  # /api there, *.b.com elsewhere
+    assert registry.lookup_any_path("c.com", "http") is None
+    generation = registry.generation
+    registry.add(Host(id=4, client_id=1, host="a.com", location="/s", targets=("t:4",)))
+    assert registry.lookup_any_path("a.com", "http") is None and registry.generation > generation

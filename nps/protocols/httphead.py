@@ -56,9 +56,9 @@ _FAST_REQUEST = re.compile(
     rb"(" + _TCHARS + rb"+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n((?:" + _TCHARS + rb"+:" + _VCHARS + rb"*\r\n)*)\r\n")
 _FAST_RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _VCHARS + rb"*)?\r\n((?:" + _TCHARS + rb"+:" + _VCHARS
-    + rb"*\r\n)*)\r\n")
+    + rb"*\r\n){0,%d})\r\n" % MAX_HEADERS)
 _FAST_FIELD = re.compile(rb"(" + _TCHARS + rb"+):[ \t]*(" + _VCHARS + rb"*?)[ \t]*\r\n")
-_FRAMING_FIELD = re.compile(rb"^(content-length|transfer-encoding|connection):[ \t]*(.*?)[ \t]*\r$", re.M)
+_FRAMING_FIELD = re.compile(rb"\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*?)[ \t]*\r")
 
 
 class HttpError(Exception):
@@ -99,19 +99,39 @@ def _tokens(values: Iterable[bytes]) -> list[bytes]:
     return out
 
 
-@attrs.frozen
 class RequestHead:
-    """A parsed request line and headers (names keep their case)."""
+    """
+    A parsed request line and headers (names keep their case); compared by
+    method, target, version and headers.  A plain slotted class: one is
+    built per request.
 
-    method: bytes
-    target: bytes
-    version: tuple[int, int]
-    headers: Headers
-    index: Index = attrs.field(eq=False, repr=False, default=attrs.Factory(lambda self: _index(self.headers),
-                                                                           takes_self=True))
-    #: The head exactly as received when it had the usual CRLF shape (it may be
-    #: passed on as is when nothing changes), else empty.
-    raw: bytes = attrs.field(eq=False, repr=False, default=b"")
+    @ivar index: header values by lower-case name.
+    @ivar raw: the head exactly as received when it had the usual CRLF shape
+        (it may be passed on as is when nothing changes), else empty.
+    """
+
+    __slots__ = ("method", "target", "version", "headers", "index", "raw")
+
+    def __init__(self, method: bytes, target: bytes, version: tuple[int, int], headers: Headers,
+                 index: Index | None = None, raw: bytes = b"") -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.index: Index = _index(headers) if index is None else index
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestHead):
+            return NotImplemented
+        return (self.method, self.target, self.version, self.headers) == \
+            (other.method, other.target, other.version, other.headers)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"RequestHead(method={self.method!r}, target={self.target!r}, version={self.version!r}, "
+                f"headers={self.headers!r})")
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header C{name} (lower case), or None."""
@@ -136,7 +156,10 @@ class RequestHead:
     @property
     def keep_alive(self) -> bool:
         """Whether the client wants the connection kept after the response."""
-        connection = _tokens(self.get_all(b"connection"))
+        values = self.index.get(b"connection")
+        if values is None:
+            return self.version == (1, 1)
+        connection = _tokens(values)
         if self.version >= (1, 1):
             return b"close" not in connection
         return b"keep-alive" in connection
@@ -404,47 +427,44 @@ def parse_response_fast(data: bytes, start: int, end: int, method: bytes) -> tup
     match = _FAST_RESPONSE.fullmatch(data, start, end)
     if match is None:
         return None
-    first, last = match.span(3)
-    if data.count(b"\n", first, last) > MAX_HEADERS:
-        return None
-    status = int(match.group(2))
+    (status_text, version), first = match.group(2, 1), match.start(3)
+    status = int(status_text)
     if status < 200:
         return status, True, None
-    lowered = data[first - 1:last].lower()  # from the status line's LF: every name follows one
-    length = _framing_value(lowered, b"\ncontent-length:")
-    coding = _framing_value(lowered, b"\ntransfer-encoding:")
-    connection = _framing_value(lowered, b"\nconnection:")
-    if length is _TWICE or coding is _TWICE or connection is _TWICE:
-        return None
+    lowered = data[first - 1:end].lower()  # from the status line's LF: every name follows one
+    length = coding = connection = None
+    for name, value in _FRAMING_FIELD.findall(lowered):
+        if name == b"content-length":
+            if length is not None:
+                return None
+            length = value
+        elif name == b"connection":
+            if connection is not None:
+                return None
+            connection = value
+        else:
+            if coding is not None:
+                return None
+            coding = value
     if connection is None:
-        keep_alive = match.group(1) == b"1"
-    elif match.group(1) == b"1":
+        keep_alive = version == b"1"
+    elif connection == b"keep-alive":
+        keep_alive = True
+    elif version == b"1":
         keep_alive = b"close" not in _tokens((connection,))
     else:
         keep_alive = b"keep-alive" in _tokens((connection,))
-    if method == b"HEAD" or status in (204, 304):
+    if method == b"HEAD" or status == 204 or status == 304:
         return status, keep_alive, BodyReader("none")
     if coding is not None:
         tokens = _tokens((coding,))
         return status, keep_alive, BodyReader("chunked" if tokens and tokens[-1] == b"chunked" else "close",
                                               error_status=502)
     if length is not None:
+        if length.isdigit() and len(length) <= 18:
+            return status, keep_alive, BodyReader("length", int(length), error_status=502)
         return status, keep_alive, BodyReader("length", _content_length([length], 502), error_status=502)
     return status, keep_alive, BodyReader("close")
-
-
-_TWICE = b"\n"
-
-
-def _framing_value(lowered: bytes, prefix: bytes) -> bytes | None:
-    """The value of the header line starting with C{prefix}; None if there is none, L{_TWICE} if several."""
-    at = lowered.find(prefix)
-    if at < 0:
-        return None
-    if lowered.find(prefix, at + 1) >= 0:
-        return _TWICE
-    at += len(prefix)
-    return lowered[at:lowered.index(b"\r", at)].strip(b" \t")
 
 
 class BodyReader:
@@ -461,9 +481,10 @@ class BodyReader:
         self.remaining = length
         self.done = kind == "none" or (kind == "length" and length == 0)
         self._status = error_status
-        # chunked state: "size", "data", "crlf", "trailer"
-        self._state = "size"
-        self._line = bytearray()
+        if kind == "chunked":
+            # chunked state: "size", "data", "crlf", "trailer"
+            self._state = "size"
+            self._line = bytearray()
 
     def feed(self, data: bytes | bytearray, start: int = 0) -> int:
         """

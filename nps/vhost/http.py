@@ -126,14 +126,23 @@ class _ReadGate:
 class _ResponseTracker:
     """Follows the responses to one request: 1xx heads, the final head, its body."""
 
+    __slots__ = ("method", "_head_reader", "body", "started", "upgraded", "keep_alive", "status")
+
     def __init__(self, method: bytes) -> None:
         self.method = method
-        self._reader = HeadReader(MAX_RESPONSE_HEAD, too_big=502)
+        self._head_reader: HeadReader | None = None  # made for a head split over reads
         self.body: BodyReader | None = None
         self.started = False
         self.upgraded = False
         self.keep_alive = True
         self.status = 0
+
+    @property
+    def _reader(self) -> HeadReader:
+        reader = self._head_reader
+        if reader is None:
+            reader = self._head_reader = HeadReader(MAX_RESPONSE_HEAD, too_big=502)
+        return reader
 
     def feed(self, data: bytes) -> tuple[bytes, bytes, bool]:
         """
@@ -156,7 +165,7 @@ class _ResponseTracker:
             body = self.body
             if body is None:
                 fast = None
-                if not self._reader.pending:
+                if self._head_reader is None or not self._head_reader.pending:
                     end = data.find(b"\r\n\r\n", pos, pos + MAX_RESPONSE_HEAD)
                     if end >= 0:
                         fast = parse_response_fast(data, pos, end + 4, self.method)
@@ -165,7 +174,7 @@ class _ResponseTracker:
                 if fast is None:
                     if mark < pos:
                         out.append(data[mark:pos])
-                    head = _whole_head(data, pos) if not self._reader.pending else None
+                    head = _whole_head(data, pos) if self._head_reader is None or not self._reader.pending else None
                     if head is not None:
                         pos += len(head)
                     else:
@@ -265,6 +274,8 @@ class VhostHttpProtocol(Protocol):
         self._backend: _Backend | None = None
         self._timer: IDelayedCall | None = None
         self._deadline: float | None = None
+        #: (Host, route table generation, route) of a site routed whatever the path.
+        self._route_cache: tuple[bytes, int, Route] | None = None
         self._write: Any = None
         self._user_eof = False
         self._remote = ""
@@ -382,11 +393,18 @@ class VhostHttpProtocol(Protocol):
         if not request.target.startswith(b"/"):
             authority = request.target.partition(b"://")[2].split(b"/", 1)[0] or authority
         name = authority.decode("latin-1")
-        path = request.path.decode("latin-1")
-        route = factory.service.registry.lookup(name, path, factory.scheme)
+        registry = factory.service.registry
+        cached = self._route_cache
+        if cached is not None and cached[0] == authority and cached[1] == registry.generation:
+            route: Route | None = cached[2]
+        else:
+            path = request.path.decode("latin-1")
+            route = registry.lookup(name, path, factory.scheme)
+            if route is not None and registry.lookup_any_path(name, factory.scheme) is route:
+                self._route_cache = (authority, registry.generation, route)
         if route is None:
             self.log.info("vhost {scheme} {remote}: no route for host {host!r} path {path!r}",
-                          scheme=factory.scheme, remote=self._remote, host=name, path=path)
+                          scheme=factory.scheme, remote=self._remote, host=name, path=request.path.decode("latin-1"))
             self._refuse(404, f"There is no site for {normalize_name(name) or 'this request'} "
                               f"({factory.scheme}) on this server.")
             return
@@ -400,7 +418,6 @@ class VhostHttpProtocol(Protocol):
             self.transport.write(_UNAUTHORIZED)
             self._close()
             return
-        registry = factory.service.registry
         backend = self._backend
         target: str | None
         if backend is not None and backend.route is route and registry.usable(route, backend.target):
@@ -434,6 +451,8 @@ class VhostHttpProtocol(Protocol):
         """The request head for the backend: host_change, header_*, origin headers; the
         server's own basic-auth credentials are not passed on."""
         host = route.host
+        if not (strip_auth or host.host_change or host.headers or self.factory.add_origin_header):
+            return request.raw or request.serialize()
         headers = list(request.headers)
         if strip_auth:
             headers = [(k, v) for k, v in headers if k.lower() != b"authorization"]

@@ -78,6 +78,8 @@ class Registry:
         self._wild: dict[str, list[Route]] = {}
         #: Targets reported down, per client id.
         self._down: dict[int, set[str]] = {}
+        #: Changes with every route added or removed (callers cache lookups by it).
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -119,6 +121,7 @@ class Registry:
         self.remove(host.id)
         route = Route(attrs.evolve(host, host=pattern))
         self._routes[host.id] = route
+        self.generation += 1
         self._bucket(pattern, create=True).append(route)
         return route
 
@@ -126,6 +129,7 @@ class Registry:
         route = self._routes.pop(host_id, None)
         if route is None:
             return None
+        self.generation += 1
         pattern = route.host.host
         table, key = self._table(pattern)
         bucket = table.get(key, [])
@@ -209,6 +213,17 @@ class Registry:
                     best = route
             if best is not None:
                 return best
+        return None
+
+    def lookup_any_path(self, name: str, scheme: str) -> Route | None:
+        """
+        The route that L{lookup} gives for C{name} whatever the path, if there
+        is one such (the usual single C{location=/} site), else None.
+        """
+        for bucket in self._candidates(normalize_name(name)):
+            routes = [r for r in bucket if r.host.enabled and r.host.scheme in ("all", scheme)]
+            if routes:
+                return routes[0] if len(routes) == 1 and routes[0].host.location == "/" else None
         return None
 
     def lookup_name(self, name: str, scheme: str) -> Route | None:
