@@ -62,11 +62,27 @@ def sequence_writer_for(transport: Any) -> Callable[[Sequence[bytes]], None]:
 
 
 def writer_for(transport: Any) -> Callable[[bytes], None]:
-    """Like L{sequence_writer_for}, for one buffer at a time."""
+    """Like L{sequence_writer_for}, for one buffer at a time (one C{send})."""
     if not _plain_tcp(transport):
         return transport.write
-    write_sequence = sequence_writer_for(transport)
-    return lambda data: write_sequence((data,))
+    sock = transport.socket
+    queue = transport.write
+
+    def write(data: bytes) -> None:
+        if not _nothing_queued(transport):
+            queue(data)
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            queue(data)  # Twisted reports the error on its own path
+            return
+        if sent < len(data):
+            queue(data[sent:] if sent else data)
+
+    return write
 
 
 def enlarge_reads(transport: Any, size: int = READ_SIZE) -> None:

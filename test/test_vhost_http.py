@@ -308,3 +308,32 @@ def test_route_table_changes_seen_by_open_connections() -> None:
     service.registry.remove(1)
     protocol.dataReceived(b"GET /other HTTP/1.1\r\nHost: a.com\r\n\r\n")
     assert transport.value().endswith(b"</html>\n") and b"404 Not Found" in transport.value()
+
+
+def test_request_bodies_pass_through_in_pieces() -> None:
+    """Length and chunked request bodies go to the stream byte for byte however they are split;
+    bytes after the body wait as the next request."""
+    service = service_with_hosts()
+    protocol, transport = connect(service)
+    chunked = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n"
+    head = b"POST /up HTTP/1.1\r\nHost: a.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data = head + chunked + b"GET /next HTTP/1.1\r\nHost: a.com\r\n\r\n"
+    for cut in (len(head), len(head) + 3, len(head) + len(chunked) - 1, len(head) + len(chunked) + 5):
+        service.streams.clear()
+        protocol, transport = connect(service)
+        protocol.dataReceived(data[:cut])
+        protocol.dataReceived(data[cut:])
+        backend, stream = service.streams[0]
+        assert stream.value() == head + chunked
+        backend.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        assert stream.value() == head + chunked + b"GET /next HTTP/1.1\r\nHost: a.com\r\n\r\n"
+    service.streams.clear()
+    protocol, transport = connect(service)
+    protocol.dataReceived(b"PUT / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 10\r\n\r\n123")
+    protocol.dataReceived(b"4567")
+    protocol.dataReceived(b"890GET")
+    backend, stream = service.streams[0]
+    assert stream.value().endswith(b"\r\n\r\n1234567890")
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    protocol.dataReceived(b" / HTTP/1.1\r\nHost: b.com\r\n\r\n")
+    assert service.streams[1][1].value() == b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n"

@@ -293,15 +293,20 @@ class VhostHttpProtocol(Protocol):
         self._start_timer(self.factory.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == "tunnel":
+        state = self._state
+        if state == "tunnel":
             if self._backend is not None:
                 self._backend.transport.write(data)
             return
-        if self._state == "closed":
+        if state == "closed":
             return
-        if self._state == "head" and not self._pending and not self._reader.pending:
+        if self._pending:
+            self._pending += data
+            self._process()
+        elif state == "head" and not self._reader.pending:
             # The usual case: a whole head (and maybe more) in one read.
             end = data.find(b"\r\n\r\n", 0, MAX_HEAD_SIZE)
+            parsed = None
             if end >= 0:
                 size = end + 4
                 try:
@@ -309,16 +314,31 @@ class VhostHttpProtocol(Protocol):
                 except HttpError as e:
                     self._refuse(e.status, e.reason)
                     return
-                if parsed is not None:
-                    if size < len(data):
-                        self._pending += data[size:]
-                    self._deadline = None
-                    self._start_request(*parsed)
-                    if self._state == "body":
-                        self._process()
-                    return
-        self._pending += data
-        self._process()
+            if parsed is None:
+                self._pending += data
+                self._process()
+                return
+            self._deadline = None
+            self._start_request(*parsed)
+            if self._state == "body":
+                if size < len(data):
+                    self.dataReceived(data[size:])
+                else:
+                    self._process()
+        elif state == "body" and self._backend is not None:
+            # Body bytes pass straight through (no copy into the buffer).
+            reader = self._request_body
+            assert reader is not None
+            taken = reader.feed(data)
+            if taken:
+                self._backend.transport.write(data if taken == len(data) else data[:taken])
+            if taken < len(data):
+                self._pending += data[taken:]
+            if reader.done:
+                self._process()
+        else:
+            self._pending += data
+            self._process()
 
     def readConnectionLost(self) -> None:
         if self._state == "tunnel" and self._backend is not None:
@@ -555,9 +575,10 @@ class VhostHttpProtocol(Protocol):
         self._state = "head"
         self._request = self._request_body = None
         self._start_timer(self.factory.keepalive_timeout)
-        if self._gate is not None:
-            self._gate.release("pipelined")
-        self._process()
+        if self._pending:  # a pipelined request waited for this response
+            if self._gate is not None:
+                self._gate.release("pipelined")
+            self._process()
 
     def _backend_lost(self, backend: _Backend, reason: Failure) -> None:
         if backend is not self._backend:
