@@ -456,3 +456,32 @@ def test_one_source_cannot_take_every_handshake_slot(fuzz_server: Any) -> None:
     for call in fuzz_server.reactor.getDelayedCalls():
         if call.active():
             call.cancel()
+
+
+def test_file_mode_head_timeout(tmp_path: Path) -> None:
+    """npc's file-mode channel closes a stream whose first request head is not complete within
+    HEAD_TIMEOUT; a head that completes (even split across reads) stops the timer."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from nps.plugins.file import StreamChannelFactory, file_site
+
+    clock = Clock()
+    factory = StreamChannelFactory(file_site(clock, str(tmp_path)), "test")
+
+    slow = factory.buildProtocol(None)
+    slow_transport = StringTransport()
+    slow.makeConnection(slow_transport)
+    slow.dataReceived(b"GET / HTTP/1.1\r\nX-Slow: ")
+    clock.advance(FILE_TIMEOUT - 0.5)
+    assert not slow_transport.disconnecting
+    clock.advance(1)
+    assert slow_transport.disconnecting
+
+    quick = factory.buildProtocol(None)
+    quick_transport = StringTransport()
+    quick.makeConnection(quick_transport)
+    quick.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r")
+    quick.dataReceived(b"\n\r\n")
+    assert quick_transport.value().startswith(b"HTTP/1.1 404")
+    assert not [c for c in clock.getDelayedCalls() if c.func == quick._head_timed_out]

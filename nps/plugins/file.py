@@ -205,16 +205,17 @@ class StreamChannel(ProtocolWrapper):
         """Stop the head timer at the first blank line (the end of the first request head)."""
         window = self._tail + data
         if b"\r\n\r\n" in window or b"\n\n" in window:
-            timer, self._head_timer = self._head_timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+            self._cancel_head_timer()
         else:
             self._tail = window[-3:]
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def _cancel_head_timer(self) -> None:
         timer, self._head_timer = self._head_timer, None
         if timer is not None and timer.active():
             timer.cancel()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_head_timer()
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -225,6 +226,7 @@ class StreamChannel(ProtocolWrapper):
         except Exception:
             self.log.failure("file {remote}: HTTP channel failed; resetting this stream",
                              remote=self.factory.remote)
+            self._cancel_head_timer()
             self.disconnecting = 1
             cast(Any, self.transport).abortConnection()
 
