@@ -50,15 +50,19 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # Fast paths: one C-level match of a whole CRLF head in its usual shape.  A head
 # they do not match goes to the general parser, which accepts everything they
 # accept (with the same result) and explains what is wrong with the rest.
+# Possessive repeats (nothing to backtrack into: each class stops at the
+# byte that follows it) keep the matcher from saving states.
 _TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _VCHARS = rb"[^\x00-\x08\x0a-\x1f\x7f]"
 _FAST_REQUEST = re.compile(
-    rb"(" + _TCHARS + rb"+) ([\x21-\x7e]+) HTTP/1\.([01])\r\n((?:" + _TCHARS + rb"+:" + _VCHARS + rb"*\r\n)*)\r\n")
+    rb"(" + _TCHARS + rb"++) ([\x21-\x7e]++) HTTP/1\.([01])\r\n((?:" + _TCHARS + rb"++:" + _VCHARS
+    + rb"*+\r\n)*+)\r\n")
 _FAST_RESPONSE = re.compile(
-    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _VCHARS + rb"*)?\r\n((?:" + _TCHARS + rb"+:" + _VCHARS
-    + rb"*\r\n){0,%d})\r\n" % MAX_HEADERS)
+    rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _VCHARS + rb"*+)?\r\n((?:" + _TCHARS + rb"++:" + _VCHARS
+    + rb"*+\r\n){0,%d}+)\r\n" % MAX_HEADERS)
 _FAST_FIELD = re.compile(rb"(" + _TCHARS + rb"+):[ \t]*(" + _VCHARS + rb"*?)[ \t]*\r\n")
-_FRAMING_FIELD = re.compile(rb"\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*?)[ \t]*\r")
+#: Framing header lines in a lower-cased response head (values still to be stripped at the right).
+_FRAMING_FIELD = re.compile(rb"\n(c(?:ontent-length|onnection)|transfer-encoding):[ \t]*+([^\r]*+)")
 
 
 class HttpError(Exception):
@@ -434,6 +438,7 @@ def parse_response_fast(data: bytes, start: int, end: int, method: bytes) -> tup
     lowered = data[first - 1:end].lower()  # from the status line's LF: every name follows one
     length = coding = connection = None
     for name, value in _FRAMING_FIELD.findall(lowered):
+        value = value.rstrip(b" \t")
         if name == b"content-length":
             if length is not None:
                 return None
