@@ -132,19 +132,7 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
     raise_nofile_limit()
     tune_malloc()
     service = build(reactor, on_fatal)
-    try:
-        service.privilegedStartService()
-    except SystemExit as e:
-        print(e, file=sys.stderr)
-        return 1
-    except CannotListenError as e:
-        print(f"{name}: cannot listen on {e.interface or '0.0.0.0'}:{e.port}: {e.socketError}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        print(f"{name}: cannot start: {e}", file=sys.stderr)
-        return 1
-    reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # Signal handlers first: a SIGHUP/SIGTERM that arrives once the ports are open must not kill us.
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -163,5 +151,18 @@ def run_service(build: Callable[[Any, Callable[[int, str], None]], IService], na
             reactor.callFromThread(reload)
 
         signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        service.privilegedStartService()
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 1
+    except CannotListenError as e:
+        print(f"{name}: cannot listen on {e.interface or '0.0.0.0'}:{e.port}: {e.socketError}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"{name}: cannot start: {e}", file=sys.stderr)
+        return 1
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run(installSignalHandlers=False)
     return exit_code[0]
