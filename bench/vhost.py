@@ -3,7 +3,9 @@ Domain-proxy (vhost) rows of the benchmark, all in the same run on 127.0.0.1:
 
 - HTTP: ``wrk -c50`` requests/s of a small static file from nginx, direct,
   through nginx reverse-proxying the same backend (keep-alive upstream), and
-  through our HTTP vhost (nps + npc); ratios to direct and to nginx.
+  through our HTTP vhost (nps + npc); ratios to direct and to nginx.  The
+  three run in turn for several rounds (the machine is shared and noisy):
+  the table shows each path's median and the median of the per-round ratios.
 - HTTPS: ``h2load`` (HTTP/2 over TLS) requests/s against nginx direct and
   through our SNI pass-through; ratio to direct.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -62,7 +65,8 @@ def h2load_rps(port: int, seconds: float, cert_dir: Path) -> float:
 
 def run_vhost(logdir: Path, quick: bool) -> str:
     """Run the vhost rows; returns a markdown section."""
-    seconds = 3.0 if quick else 10.0
+    seconds = 3.0 if quick else 5.0
+    rounds = 1 if quick else 5
     logdir.mkdir(parents=True, exist_ok=True)
     lines = ["## Domain proxy (vhost)", ""]
     missing = [name for name, found in (("wrk", shutil.which("wrk")), ("nginx", vs.nginx_binary())) if not found]
@@ -107,9 +111,26 @@ def run_vhost(logdir: Path, quick: bool) -> str:
                 print(f"[bench] {label}: {e}", file=sys.stderr)
                 return None
 
-        rps_direct = measure("wrk direct", lambda: wrk_rps(direct, seconds))
-        rps_nginx = measure("wrk nginx proxy", lambda: wrk_rps(proxy, seconds))
-        rps_vhost = measure("wrk vhost", lambda: wrk_rps(http_port, seconds, HOST))
+        samples: dict[str, list[float]] = {"direct": [], "nginx": [], "vhost": []}
+        ratios: dict[str, list[float]] = {"nginx": [], "vhost": [], "vhost/nginx": []}
+        for _ in range(rounds):
+            got = {"direct": measure("wrk direct", lambda: wrk_rps(direct, seconds)),
+                   "nginx": measure("wrk nginx proxy", lambda: wrk_rps(proxy, seconds)),
+                   "vhost": measure("wrk vhost", lambda: wrk_rps(http_port, seconds, HOST))}
+            for key, value in got.items():
+                if value is not None:
+                    samples[key].append(value)
+            if got["direct"] and got["nginx"]:
+                ratios["nginx"].append(got["nginx"] / got["direct"])
+            if got["direct"] and got["vhost"]:
+                ratios["vhost"].append(got["vhost"] / got["direct"])
+            if got["nginx"] and got["vhost"]:
+                ratios["vhost/nginx"].append(got["vhost"] / got["nginx"])
+
+        def median(values: list[float]) -> float | None:
+            return statistics.median(values) if values else None
+
+        rps_direct, rps_nginx, rps_vhost = (median(samples[k]) for k in ("direct", "nginx", "vhost"))
         has_h2load = shutil.which("h2load") is not None
         h2_direct = measure("h2load direct", lambda: h2load_rps(tls, seconds, logdir)) if has_h2load else None
         h2_vhost = measure("h2load sni", lambda: h2load_rps(https_port, seconds, logdir)) if has_h2load else None
@@ -120,15 +141,23 @@ def run_vhost(logdir: Path, quick: bool) -> str:
         def ratio(a: float | None, b: float | None) -> str:
             return "n/a" if a is None or not b else f"{a / b:.2f}×"
 
+        def mratio(key: str) -> str:
+            value = median(ratios[key])
+            return "n/a" if value is None else f"{value:.2f}×"
+
         lines += [
-            f"Small static file (~0.5 KiB) from nginx; wrk -c50 -t2 for {seconds:g} s (keep-alive).",
+            f"Small static file (~0.5 KiB) from nginx; wrk -c50 -t2 for {seconds:g} s (keep-alive), "
+            f"{rounds} round(s) of the three in turn; medians (ratios: median of the per-round ratios).",
             "",
             "| path | requests/s | ratio to direct (target ≥ 0.4×) | ratio to nginx proxy |",
             "|---|---:|---:|---:|",
             f"| direct (nginx) | {num(rps_direct)} | 1.00× | {ratio(rps_direct, rps_nginx)} |",
-            f"| nginx reverse proxy | {num(rps_nginx)} | {ratio(rps_nginx, rps_direct)} | 1.00× |",
-            f"| nps HTTP vhost | {num(rps_vhost)} | {ratio(rps_vhost, rps_direct)} | "
-            f"{ratio(rps_vhost, rps_nginx)} |",
+            f"| nginx reverse proxy | {num(rps_nginx)} | {mratio('nginx')} | 1.00× |",
+            f"| nps HTTP vhost | {num(rps_vhost)} | {mratio('vhost')} | {mratio('vhost/nginx')} |",
+            "",
+            "Per round (direct / nginx proxy / vhost requests/s): " + "; ".join(
+                " / ".join(f"{v:.0f}" for v in row) for row in zip(samples["direct"], samples["nginx"],
+                                                                    samples["vhost"])),
             "",
             f"HTTP/2 over TLS, h2load -c10 -m10 for {seconds:g} s.",
             "",

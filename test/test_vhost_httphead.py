@@ -216,3 +216,20 @@ def test_fast_response_parser_agrees(line: bytes, method: bytes, fields: list[tu
     if status < 200:  # only the final head's Connection counts
         keep_alive = expected[1]  # type: ignore[index]
     assert (status, keep_alive, body and _reader_state(body)) == expected
+
+
+def test_header_count_limit_on_both_paths() -> None:
+    """128 header lines parse (fast path); 129 get 431 for a request and 502 for a response."""
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(127))
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n"
+    assert parse_request_fast(request) is not None
+    with pytest.raises(HttpError) as e:
+        parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nX-Z: 1\r\n" + lines + b"\r\n")
+    assert e.value.status == 431
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + lines + b"\r\n"
+    assert parse_response_fast(response, 0, len(response), b"GET") is not None
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Z: 1\r\n" + lines + b"\r\n"
+    assert parse_response_fast(response, 0, len(response), b"GET") is None
+    with pytest.raises(HttpError) as e:
+        parse_response_head(response)
+    assert e.value.status == 502

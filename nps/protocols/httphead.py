@@ -56,7 +56,7 @@ _TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 _VCHARS = rb"[^\x00-\x08\x0a-\x1f\x7f]"
 _FAST_REQUEST = re.compile(
     rb"(" + _TCHARS + rb"++) ([\x21-\x7e]++) HTTP/1\.([01])\r\n((?:" + _TCHARS + rb"++:" + _VCHARS
-    + rb"*+\r\n)*+)\r\n")
+    + rb"*+\r\n){0,%d}+)\r\n" % MAX_HEADERS)
 _FAST_RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _VCHARS + rb"*+)?\r\n((?:" + _TCHARS + rb"++:" + _VCHARS
     + rb"*+\r\n){0,%d}+)\r\n" % MAX_HEADERS)
@@ -336,9 +336,7 @@ def parse_request_fast(head: bytes) -> tuple[RequestHead, BodyReader] | None:
     match = _FAST_REQUEST.fullmatch(head)
     if match is None:
         return None
-    block = match.group(4)
-    if block.count(b"\n") > MAX_HEADERS:
-        return None
+    method, target, minor, block = match.groups()
     headers = tuple(_FAST_FIELD.findall(block))
     index: Index = {}
     for key, value in headers:
@@ -351,8 +349,7 @@ def parse_request_fast(head: bytes) -> tuple[RequestHead, BodyReader] | None:
     hosts = index.get(b"host")
     if hosts is None or len(hosts) != 1:
         return None
-    version = (1, 1) if match.group(3) == b"1" else (1, 0)
-    request = RequestHead(match.group(1), match.group(2), version, headers, index, head)
+    request = RequestHead(method, target, (1, 1) if minor == b"1" else (1, 0), headers, index, head)
     if b"content-length" not in index and b"transfer-encoding" not in index:
         return request, BodyReader("none")
     return request, request_body(request)
