@@ -99,6 +99,7 @@ SERVER_VALUES: dict[str, tuple[str, object]] = {
     "tls_cert_file": ("/etc/nps/bridge.pem", "/etc/nps/bridge.pem"),
     "tls_key_file": ("/etc/nps/bridge.key", "/etc/nps/bridge.key"),
     "deny_ips": ("10.0.0.0/8, 192.0.2.7", (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.7/32"))),
+    "legacy_bridge": ("true", True),
 }
 
 #: nps.conf keys whose feature is built (no "not supported yet" warning).
@@ -121,6 +122,7 @@ SERVER_BUILT = {
     "allow_user_login",
     "ip_limit",
     "deny_ips",
+    "legacy_bridge",
     "pprof_ip",
     "pprof_port",
     "appname",
