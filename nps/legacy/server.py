@@ -957,12 +957,24 @@ def _json_object(payload: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+#: Seconds between two "set legacy_bridge=true" lines for one address (an old npc retries every 5 s).
+REFUSAL_LOG_INTERVAL = 600.0
+_refusals_logged: dict[str, float] = {}
+
+
 def legacy_handler(bridge: "BridgeServerProtocol") -> LegacyConnection | None:
     """A handler for an NPS 0.26 connection, or None (and a log line) when C{legacy_bridge} is off."""
     server = bridge.factory.server
     if not getattr(server.config, "legacy_bridge", False):
-        log.warn("bridge: {peer} speaks the NPS 0.26 protocol (an old npc); set legacy_bridge=true in nps.conf "
-                 "to accept such clients", peer=bridge.peer)
+        host = bridge.transport.getPeer().host
+        now = server.reactor.seconds()
+        if now - _refusals_logged.get(host, float("-inf")) >= REFUSAL_LOG_INTERVAL:
+            if len(_refusals_logged) > 4096:
+                _refusals_logged.clear()
+            _refusals_logged[host] = now
+            log.warn("bridge: {peer} speaks the NPS 0.26 protocol (an old npc); set legacy_bridge=true in "
+                     "nps.conf to accept such clients (said once per {t:.0f} min per address)", peer=bridge.peer,
+                     t=REFUSAL_LOG_INTERVAL / 60)
         server.stats.handshake_failed("rejected")
         return None
     warm_up(server.reactor)
