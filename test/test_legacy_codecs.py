@@ -210,3 +210,39 @@ def test_udp5_reply_stream(datagrams: list[bytes], cuts: list[int]) -> None:
     assert [d for piece in _split(wire, cuts) for d in parser.feed(piece)] == datagrams
     with pytest.raises(LinkError, match="outside"):
         LengthPrefixedParser().feed(struct.pack("<i", -1))
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=5))
+def test_parsers_fail_only_with_their_errors(garbage: bytes, cuts: list[int]) -> None:
+    """Arbitrary bytes make the parsers return items or raise their own named error, nothing else."""
+    handshake = lh.LegacyServerHandshake()
+    frames = lm.MuxFrameParser()
+    messages = lh.LegacyMessageReader()
+    snappy = SnappyDecoder()
+    for piece in _split(b"TST" + garbage, cuts):
+        try:
+            if not handshake.done:
+                handshake.feed(piece)
+        except lh.LegacyHandshakeError:
+            break
+    for piece in _split(garbage, cuts):
+        try:
+            list(frames.feed(piece))
+        except lm.MuxFrameError:
+            break
+    for piece in _split(garbage, cuts):
+        try:
+            messages.feed(piece)
+            messages.conf()
+        except lh.LegacyHandshakeError:
+            break
+    for piece in _split(garbage, cuts):
+        try:
+            snappy.decode(piece)
+        except SnappyError:
+            break
+    try:
+        LinkReader().feed(garbage)
+    except LinkError:
+        pass
