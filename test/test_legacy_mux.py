@@ -228,3 +228,41 @@ def test_reattach_decodes_what_arrived_while_held() -> None:
     stream.reattach(protocol, codec=SnappyCodec(), datagrams=False, rest=b"")
     assert header.data == b"HEADER"
     assert protocol.data == b"first-" * 1000 + b"second"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FRAMES = st.one_of(
+    st.builds(lambda f, i, p: lm.encode(f, i, p), st.sampled_from([lm.NEW_MSG, lm.NEW_MSG_PART, lm.PING,
+                                                                    lm.PING_RETURN]),
+              st.integers(-2, 4), st.binary(min_size=1, max_size=200)),
+    st.builds(lambda f, i: lm.encode(f, i), st.sampled_from([lm.NEW_CONN, lm.NEW_CONN_OK, lm.NEW_CONN_FAIL,
+                                                             lm.CONN_CLOSE]), st.integers(-2, 4)),
+    st.builds(lambda i, w: lm.encode(lm.MSG_SEND_OK, i, window=w), st.integers(-2, 4), st.integers(0, 2**64 - 1)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_FRAMES, max_size=30), st.booleans(), st.sampled_from(["tcp", "udp"]))
+def test_any_frame_sequence_is_handled(frames: list[bytes], opened: bool, mode: str) -> None:
+    """Whatever valid frames a peer sends, in any order, the mux neither raises nor leaves a stream half-closed."""
+    from nps.legacy.crypt import SnappyCodec
+
+    mux, transport, _ = setup()
+    streams = []
+    for codec in (None, SnappyCodec()):
+        stream = mux.start_stream({"mode": mode}, preamble=b"H", codec=codec, datagrams=mode == "udp")
+        assert stream.opened is not None
+        stream.opened.addErrback(lambda failure: None)
+        stream.attach(Collect())
+        streams.append(stream)
+        if opened:
+            mux.data_received(lm.encode(lm.NEW_CONN_OK, stream.stream_id))
+    for frame in frames:
+        mux.data_received(frame)
+    for stream in streams:
+        stream.write(b"x" * 10)
+        stream.loseConnection()
+    mux.connection_lost("test over")
+    assert mux.stream_count == 0
