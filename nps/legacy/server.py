@@ -355,6 +355,8 @@ class LegacyRegistry:
         else:
             handle.closed = True
             handle.close(reason)
+            if self._half.get(client.client_id) is handle:
+                del self._half[client.client_id]
 
     def end_session(self, client_id: int, reason: str) -> None:
         entry = self.handles.pop(client_id, None)
