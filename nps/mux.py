@@ -113,6 +113,7 @@ class MuxStream:
         self._peer_window = INITIAL_WINDOW
         self._inbuf: deque[bytes] | None = None
         self._read_paused = False
+        self._paused_since_credit = False  # our reader paused since we last granted credit
         self._producer: Any = None
         self._streaming = True
         self._producer_paused = False
@@ -227,6 +228,7 @@ class MuxStream:
 
     def pauseProducing(self) -> None:
         self._read_paused = True
+        self._paused_since_credit = True
 
     def resumeProducing(self) -> None:
         self._read_paused = False
@@ -294,9 +296,14 @@ class MuxStream:
         self._consumed += len(payload)
         if self._consumed >= self._recv_window // 4 and not self._finished:
             grow = 0
-            if self._recv_left < self._recv_window // 4 and self._recv_window < MAX_WINDOW:
+            # Grow when the sender used up most of the window, or when our reader kept up with a
+            # whole quarter of it without pausing: the window, not the reader, limits the stream then
+            # (with the bridge's socket buffers full, the sender's stalls do not show in _recv_left).
+            if self._recv_window < MAX_WINDOW and (self._recv_left < self._recv_window // 4
+                                                   or not self._paused_since_credit):
                 grow = self._recv_window
                 self._recv_window *= 2
+            self._paused_since_credit = self._read_paused
             credit = self._consumed + grow
             self._consumed = 0
             self._recv_left += credit

@@ -15,7 +15,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nps.mux import INITIAL_WINDOW, MAX_SEQUENCE_FRAME
+from nps.mux import INITIAL_WINDOW, MAX_SEQUENCE_FRAME, MAX_WINDOW
 from nps.protocols.frames import FrameType
 from nps.protocols.streamcrypt import MAX_PLAINTEXT, TAG_SIZE, Sealer, Unsealer
 from nps.streamcodec import CodecProtocol, codec_for, mark_link
@@ -136,3 +136,40 @@ def test_sequence_of_other_buffers_reaches_the_bridge_as_bytes() -> None:
     p.pump()
     assert bytes(far_proto.received) == b"abcdef"
     assert written and all(type(buf) is bytes for buf in written)
+
+
+def window_updates(p: Pair, stream_id: int) -> list[int]:
+    return [f.length for f in p.s.sent if f.type == FrameType.WINDOW_UPDATE and f.stream_id == stream_id]
+
+
+def test_window_grows_for_a_reader_that_keeps_up() -> None:
+    """A reader that never pauses gets its window doubled at each credit, up to MAX_WINDOW.
+
+    Over a real bridge the sender's stalls hide in the socket buffers, so
+    the receiver cannot see them: a reader that keeps up is the signal.
+    """
+    p = Pair()
+    near, _, far, far_proto = p.open()
+    p.s.sent.clear()
+    total = 3 * MAX_WINDOW
+    for i in range(0, total, 32 * 1024):  # small writes, each taken at once: the window never runs dry
+        near.write(pattern(32 * 1024, i))
+        p.pump()
+    assert len(far_proto.received) == total
+    assert far._recv_window == MAX_WINDOW
+    updates = window_updates(p, near.stream_id)
+    assert len(updates) < total // (INITIAL_WINDOW // 4) // 3, updates  # far fewer than one per quarter window
+
+
+def test_window_stays_small_for_a_reader_that_pauses() -> None:
+    """A reader that pauses between reads keeps the window it has: only catching up from a full window grows it."""
+    p = Pair()
+    near, _, far, far_proto = p.open()
+    for i in range(12):
+        far.pauseProducing()
+        near.write(pattern(INITIAL_WINDOW // 4, i))
+        p.pump()
+        far.resumeProducing()
+        p.pump()
+    assert len(far_proto.received) == 12 * (INITIAL_WINDOW // 4)
+    assert far._recv_window == INITIAL_WINDOW
