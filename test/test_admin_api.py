@@ -344,6 +344,38 @@ class AdminApiTests(TestCase):
         self.assertEqual(response.code, 302)
 
     @inlineCallbacks
+    def test_websocket_needs_login_and_same_origin(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        yield self.start()
+        headers = yield self.login()
+        port = self.server.config.web_port
+
+        def upgrade(origin: str, cookie: str) -> Any:
+            lines = ["GET /api/v1/live HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: Upgrade",
+                     "Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                     f"Origin: {origin}"] + ([f"Cookie: {cookie}"] if cookie else [])
+            raw = Collect()
+            d = connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), raw)
+            d.addCallback(lambda _: raw.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode()))
+            return d.addCallback(lambda _: raw)
+
+        for origin, cookie, status in (("http://evil.example", headers["Cookie"], b"403"),
+                                       (f"http://127.0.0.1:{port}", "", b"401")):
+            raw = yield upgrade(origin, cookie)
+            yield wait_for(lambda: b"\r\n\r\n" in raw.received)
+            self.assertTrue(raw.received.startswith(b"HTTP/1.1 " + status), raw.received[:100])
+            raw.transport.loseConnection()
+            yield raw.closed
+        raw = yield upgrade(f"http://127.0.0.1:{port}", headers["Cookie"])
+        yield wait_for(lambda: b'"type":"hello"' in raw.received)
+        self.assertTrue(raw.received.startswith(b"HTTP/1.1 101"))
+        self.assertEqual(self.server.admin.hub.listener_count, 1)
+        raw.transport.loseConnection()
+        yield raw.closed
+        yield wait_for(lambda: self.server.admin.hub.listener_count == 0)
+
+    @inlineCallbacks
     def test_generated_password_when_unset(self):  # type: ignore[no-untyped-def]
         yield self.start(web_password="")
         generated = self.server.admin.generated_password
@@ -351,3 +383,50 @@ class AdminApiTests(TestCase):
         yield self.login("admin", generated)
         code, _, _ = yield self.call("POST", "/api/v1/login", {"username": "admin", "password": ""})
         self.assertIn(code, (400, 401))
+
+
+class AdminLogTests(TestCase):
+    """What the admin prints at start: the generated password once, a loud warning for a weak one."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.data_dir = tempfile.mkdtemp(prefix="nps-admin-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+
+    @inlineCallbacks
+    def start(self, **config: Any):  # type: ignore[no-untyped-def]
+        settings = dict(path=None, bridge_ip="127.0.0.1", bridge_port=0, data_dir=self.data_dir,
+                        web_port=free_port(), web_ip="127.0.0.1")
+        settings.update(config)
+        server = NpsServer(ServerConfig(**settings), reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        yield wait_for(lambda: server.admin.admin_ready, 30)
+        yield server.stopService()
+        return server
+
+    def text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.events)
+
+    @inlineCallbacks
+    def test_generated_password_printed_once(self):  # type: ignore[no-untyped-def]
+        server = yield self.start()
+        password = server.admin.generated_password
+        self.assertEqual(self.text().count(password), 1)
+        self.events.clear()
+        again = yield self.start()
+        self.assertEqual(again.admin.generated_password, "")  # not a new one, not printed again
+        self.assertNotIn(password, self.text())
+
+    @inlineCallbacks
+    def test_weak_password_warned(self):  # type: ignore[no-untyped-def]
+        yield self.start(web_password="123456")
+        self.assertIn("web_password in nps.conf is WEAK", self.text())

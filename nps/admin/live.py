@@ -93,11 +93,11 @@ class LiveHub:
             if loop.running:
                 loop.stop()
         for listener in list(self._listeners):
-            listener.sendClose(1001, "server stopping")
+            listener.sendClose(1000, "server stopping")
 
     def add(self, listener: LiveProtocol) -> None:
         if len(self._listeners) >= MAX_LISTENERS:
-            listener.sendClose(1008, "too many live pages open")
+            listener.sendClose(4008, "too many live pages open")
             return
         self._listeners.add(listener)
         listener.push({"type": "hello", "user": listener.principal.name})

@@ -97,6 +97,8 @@ class AdminService(Service):
     def startService(self) -> None:
         super().startService()
         self._pool.start()
+        # Stop the pool's threads even if the reactor stops without stopping this service.
+        self._server.reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         self.hub.start()
         self.ensure_admin().addErrback(lambda f: self.log.failure("cannot set up the admin user", f))
 
@@ -143,7 +145,10 @@ class AdminService(Service):
         self.hub.stop()
         if self.port is not None:
             yield self.port.stopListening()
-        if self._pool.started:
+        self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        if self._pool.started and not self._pool.joined:
             self._pool.stop()
 
 
