@@ -430,3 +430,49 @@ class AdminLogTests(TestCase):
     def test_weak_password_warned(self):  # type: ignore[no-untyped-def]
         yield self.start(web_password="123456")
         self.assertIn("web_password in nps.conf is WEAK", self.text())
+
+
+class PersistedFlowTests(TestCase):
+    """flow_limit counts the bytes persisted by earlier runs, not only this run's."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="nps-flow-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.echo_port = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
+        self.addCleanup(self.echo_port.stopListening)
+
+    @inlineCallbacks
+    def test_flow_limit_counts_persisted_bytes(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        port = free_port()
+        store = Store(self.data_dir)
+        try:
+            client = store.add_client(remark="metered", flow_limit=1)
+            store.add_tunnel(client.id, "tcp", port, [f"127.0.0.1:{self.echo_port.getHost().port}"],
+                             server_ip="127.0.0.1")
+            store.add_traffic([("client", client.id, 600_000, 600_000)])  # 1.2 MB used by an earlier run
+        finally:
+            store.close()
+        server = NpsServer(ServerConfig(path=None, bridge_ip="127.0.0.1", bridge_port=0, data_dir=self.data_dir),
+                           reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        npc = NpcService(reactor, "127.0.0.1", server.bridge_address.port, client.vkey, load_modes(),
+                         on_fatal=lambda code, msg: None, max_retry_delay=0.5)
+        npc.startService()
+        self.addCleanup(lambda: npc.stopService() if npc.running else None)
+        yield wait_for(lambda: client.id in server.sessions and server.traffic.loaded)
+        self.assertEqual(server.flow_base.get(client.id), 1_200_000)
+        self.assertIn("flow_limit", server.limit_reached(client.id))
+        user = Collect()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), user)
+        user.transport.write(b"over the limit")
+        yield user.closed
+        self.assertEqual(user.received, b"")
+        # an admin resets the client's traffic: it may move bytes again
+        yield server.traffic.reset("client", client.id)
+        self.assertEqual(server.limit_reached(client.id), "")

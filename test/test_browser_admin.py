@@ -113,6 +113,14 @@ def test_browser_add_client_run_npc_add_tunnel_see_traffic(
             expect(traffic).not_to_have_text("0 B", timeout=15000)
             _shot(page, tmp_path, "admin-tunnels.png")
 
+            # disable the tunnel from the page: its port closes at once; enable it again
+            row.locator("[data-action=toggle-tunnel]").click()
+            expect(row).to_contain_text("disabled")
+            support.until(lambda: not support.port_open("127.0.0.1", tunnel_port), 15, "port closed after disable")
+            page.locator("[data-tunnel-row] [data-action=toggle-tunnel]").first.click()
+            support.until(lambda: urllib.request.urlopen(
+                f"http://127.0.0.1:{tunnel_port}/hello.txt", timeout=5).read(), 30, "tunnel enabled again")
+
             page.click("a[href='#dashboard']")
             expect(page.locator("[data-stat=online]")).to_have_text("1")
             for _ in range(6):  # some traffic over a few live samples, for the chart (screenshot only)

@@ -209,6 +209,12 @@
     } }, t("delete"));
   }
 
+  function toggleButton(path, what, enabled) {
+    return el("button", { class: "secondary", "data-action": "toggle-" + what, onclick: async () => {
+      try { await api("PATCH", path, { enabled: !enabled }); await refreshData(); } catch (e) { flash(e.message, true); }
+    } }, t(enabled ? "disable" : "enable"));
+  }
+
   function commandBox(command) {
     const code = el("code", { "data-testid": "npc-command", text: command });
     const button = el("button", { class: "secondary", "data-action": "copy", onclick: async () => {
@@ -290,7 +296,8 @@
       el("td", { "data-client-conns": c.id, text: c.connections_open }),
       el("td", {}, el("button", { class: "secondary", "data-action": "show-command", onclick: () => {
         state.lastCommand = c.command; showCommand(c.command, false);
-      } }, t("command")), " ", admin ? deleteButton("clients/" + c.id, "client") : null)));
+      } }, t("command")), " ", admin ? toggleButton("clients/" + c.id, "client", c.enabled) : null, " ",
+      admin ? deleteButton("clients/" + c.id, "client") : null)));
     const page = $("#page");
     page.replaceChildren(el("h2", { text: t("clients.title") }), el("div", { id: "command-area" }),
       clients.length ? table(["col.id", "col.remark", "col.vkey", "col.status", "col.addr", "col.version", "col.in",
@@ -345,9 +352,9 @@
       el("td", { text: x.id }), el("td", { text: x.client_id }), el("td", { text: x.mode }),
       el("td", { text: x.server_port ? `${x.server_ip}:${x.server_port}` : "-" }),
       el("td", { text: (x.targets || []).join(", ") || x.local_path }), el("td", { text: x.remark }),
-      el("td", { text: t(x.running ? "yes" : "no") }),
+      el("td", { text: x.enabled ? t(x.running ? "yes" : "no") : t("disabled") }),
       el("td", { "data-tunnel-in": x.id, text: bytes(x.bytes_in) }), el("td", { "data-tunnel-out": x.id, text: bytes(x.bytes_out) }),
-      el("td", {}, deleteButton("tunnels/" + x.id, "tunnel"))));
+      el("td", {}, toggleButton("tunnels/" + x.id, "tunnel", x.enabled), " ", deleteButton("tunnels/" + x.id, "tunnel"))));
     const select = el("select", { name: "client_id" });
     await clientOptions(select);
     const mode = el("select", { name: "mode" }, MODES.map((m) => el("option", { value: m, text: m })));
@@ -381,7 +388,7 @@
       el("td", { text: x.id }), el("td", { text: x.client_id }), el("td", { text: x.host }), el("td", { text: x.location }),
       el("td", { text: x.scheme }), el("td", { text: (x.targets || []).join(", ") }), el("td", { text: x.remark }),
       el("td", { "data-host-in": x.id, text: bytes(x.bytes_in) }), el("td", { "data-host-out": x.id, text: bytes(x.bytes_out) }),
-      el("td", {}, deleteButton("hosts/" + x.id, "host"))));
+      el("td", {}, toggleButton("hosts/" + x.id, "host", x.enabled), " ", deleteButton("hosts/" + x.id, "host"))));
     const select = el("select", { name: "client_id" });
     await clientOptions(select);
     const scheme = el("select", { name: "scheme" }, ["all", "http", "https"].map((s) => el("option", { value: s, text: s })));

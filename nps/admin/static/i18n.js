@@ -23,6 +23,7 @@ window.NPS_I18N = {
     "tunnels.password": "Password (secret mode)", "tunnels.path": "Local path (file mode)",
     "hosts.title": "Domains", "hosts.add": "Add domain", "hosts.host": "Domain (e.g. a.example.com or *.example.com)",
     "hosts.location": "Path prefix", "hosts.target": "Target (host:port)", "hosts.scheme": "Scheme",
+    "enable": "Enable", "disable": "Disable", "disabled": "disabled",
     "saved": "Saved.", "none": "Nothing here yet.", "clients.none": "No clients yet: add one below."
   },
   zh: {
@@ -47,6 +48,7 @@ window.NPS_I18N = {
     "tunnels.password": "密码（私密代理）", "tunnels.path": "本地路径（文件模式）",
     "hosts.title": "域名解析", "hosts.add": "新增域名", "hosts.host": "域名（如 a.example.com 或 *.example.com）",
     "hosts.location": "URL 路由", "hosts.target": "目标（ip:端口）", "hosts.scheme": "协议类型",
+    "enable": "启用", "disable": "停用", "disabled": "已停用",
     "saved": "已保存。", "none": "暂无数据。", "clients.none": "还没有客户端：在下方新增。"
   }
 };
