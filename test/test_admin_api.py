@@ -476,3 +476,68 @@ class PersistedFlowTests(TestCase):
         # an admin resets the client's traffic: it may move bytes again
         yield server.traffic.reset("client", client.id)
         self.assertEqual(server.limit_reached(client.id), "")
+
+
+def _self_signed(directory: str) -> tuple[str, str, bytes]:
+    """A certificate for 127.0.0.1 and its key, as files; @return: (cert path, key path, cert PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_path, key_path = f"{directory}/web.pem", f"{directory}/web.key"
+    with open(cert_path, "wb") as f:
+        f.write(pem)
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path, pem
+
+
+class HttpsAdminTests(TestCase):
+    """web_open_ssl: the admin over HTTPS, and its session cookie is Secure."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="nps-tls-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+
+    @inlineCallbacks
+    def test_https_login_secure_cookie(self):  # type: ignore[no-untyped-def]
+        from twisted.internet.ssl import Certificate
+        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+        cert, key, pem = _self_signed(self.data_dir)
+        port = free_port()
+        server = NpsServer(ServerConfig(path=None, bridge_ip="127.0.0.1", bridge_port=0, data_dir=self.data_dir,
+                                        web_port=port, web_ip="127.0.0.1", web_password=PASSWORD,
+                                        web_open_ssl=True, web_cert_file=cert, web_key_file=key),
+                           reactor, load_modes())
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(lambda: server.stopService() if server.running else None)
+        yield wait_for(lambda: server.admin.admin_ready, 30)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(pem)), pool=pool)
+        response = yield treq.request("POST", f"https://127.0.0.1:{port}/api/v1/login", agent=agent,
+                                      data=json.dumps({"username": "admin", "password": PASSWORD}).encode(),
+                                      headers={"Content-Type": ["application/json"]})
+        body = yield treq.json_content(response)
+        self.assertEqual(response.code, 200, body)
+        cookie = response.headers.getRawHeaders("set-cookie")[0]
+        self.assertIn("Secure", cookie)
+        self.assertIn("HttpOnly", cookie)
