@@ -384,6 +384,43 @@ class AdminApiTests(TestCase):
         code, _, _ = yield self.call("POST", "/api/v1/login", {"username": "admin", "password": ""})
         self.assertIn(code, (400, 401))
 
+    @inlineCallbacks
+    def test_bad_bodies_are_4xx(self):  # type: ignore[no-untyped-def]
+        """Wrong types and shapes in every writable field get a 4xx with a message, never a 500."""
+        yield self.start()
+        headers = yield self.login()
+        code, client, _ = yield self.call("POST", "/api/v1/clients", {"remark": "x"}, headers=headers)
+        cid = client["id"]
+        code, tunnel, _ = yield self.call("POST", "/api/v1/tunnels", {
+            "client_id": cid, "mode": "tcp", "server_port": free_port(), "server_ip": "127.0.0.1",
+            "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 201, tunnel)
+        code, host, _ = yield self.call("POST", "/api/v1/hosts", {
+            "client_id": cid, "host": "b.example.com", "targets": [self.echo_addr]}, headers=headers)
+        self.assertEqual(code, 201, host)
+        weird: list[Any] = ["abc", -1, 70000, None, [], {}, True, 1.5, "x" * 5000, "\x00"]
+        fields = {"clients": ["remark", "vkey", "enabled", "flow_limit", "max_conn", "web_username",
+                              "web_password", "rate_limit", "nope"],
+                  "tunnels": ["client_id", "mode", "server_port", "server_ip", "targets", "password",
+                              "enabled", "options", "nope"],
+                  "hosts": ["client_id", "host", "location", "scheme", "targets", "headers", "enabled", "nope"]}
+        ids = {"clients": cid, "tunnels": tunnel["id"], "hosts": host["id"]}
+        for kind, names in fields.items():
+            for name in names:
+                for value in weird:
+                    for method, path in (("POST", f"/api/v1/{kind}"), ("PATCH", f"/api/v1/{kind}/{ids[kind]}")):
+                        code, answer, _ = yield self.call(method, path, {name: value}, headers=headers)
+                        self.assertLess(code, 500, f"{method} {path} {name}={value!r}: {answer}")
+                        if code >= 400:
+                            self.assertIsInstance(answer, dict, f"{method} {path} {name}={value!r}")
+                            self.assertTrue(answer.get("error"), f"{method} {path} {name}={value!r}")
+        for raw in (b"[1,2]", b"{", b"\xff\xfe", b"null", b'"x"'):
+            code, answer, _ = yield self.call("POST", "/api/v1/clients", raw=raw,
+                                              headers=dict(headers, **{"Content-Type": "application/json"}))
+            self.assertEqual(code, 400, raw)
+        code, _, _ = yield self.call("GET", "/api/v1/tunnels?client_id=abc", headers=headers)
+        self.assertEqual(code, 400)
+
 
 class AdminLogTests(TestCase):
     """What the admin prints at start: the generated password once, a loud warning for a weak one."""
@@ -541,3 +578,4 @@ class HttpsAdminTests(TestCase):
         cookie = response.headers.getRawHeaders("set-cookie")[0]
         self.assertIn("Secure", cookie)
         self.assertIn("HttpOnly", cookie)
+
