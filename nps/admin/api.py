@@ -716,6 +716,9 @@ class AdminApp:
     async def _applied(self, what: str, client_id: int | None) -> None:
         """Apply a store change at once (ports open/close, clients drop) and tell open pages."""
         await self.server.refresh()
+        # A store poll already under way may have read the revision before this write; the
+        # second refresh starts after it and so sees the write.
+        await self.server.refresh()
         self.hub.changed(what, client_id)
 
 

@@ -128,7 +128,11 @@
       try { message = JSON.parse(event.data); } catch (e) { return; }
       if (message.type === "client") onClientEvent(message);
       else if (message.type === "traffic") onTraffic(message);
-      else if (message.type === "changed") refreshData();
+      else if (message.type === "changed") {
+        // another admin changed something: re-render, unless the user is filling in a form here
+        const active = document.activeElement;
+        if (!(active && active.closest && active.closest("form"))) refreshData();
+      }
     };
   }
 
