@@ -20,16 +20,13 @@ import json
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
-    IAddress,
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
     IProtocol,
-    IProducer,
     IPushProducer,
     IReactorTime,
     ITransport,
@@ -50,6 +47,8 @@ from nps.protocols.frames import (
     encode,
     encode_header,
 )
+from nps.streambase import LinkStreamTransport
+from nps.streambase import StreamAddress as StreamAddress  # re-exported: streams' address type
 
 _DATA, _WINDOW_UPDATE, _PING, _GO_AWAY, _CONTROL = (int(t) for t in FrameType)
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
@@ -76,22 +75,10 @@ class StreamError(Exception):
     """A stream ended abnormally."""
 
 
-@implementer(IAddress)
-@attrs.frozen
-class StreamAddress:
-    """Address of one end of a mux stream: the stream id and who is behind it."""
-
-    stream_id: int
-    remote: str = ""
-
-
 @implementer(ITransport, IPushProducer, IConsumer)
-class MuxStream:
+class MuxStream(LinkStreamTransport):
     """One multiplexed stream; a transport for the protocol attached to it."""
 
-    disconnected = False
-    #: True once a close has begun (protocols such as LineReceiver read it).
-    disconnecting = False
     log = Logger()
 
     def __init__(self, mux: "Mux", stream_id: int, link: dict[str, Any]) -> None:
@@ -215,51 +202,13 @@ class MuxStream:
         self.mux._send_frame(FrameType.DATA, Flag.RST, self.stream_id, reason.encode()[:MAX_REASON])
         self._finish(Failure(ConnectionAborted(reason)))
 
-    def getPeer(self) -> StreamAddress:
-        return StreamAddress(self.stream_id, str(self.link.get("remote", "")))
-
-    def getHost(self) -> StreamAddress:
-        return StreamAddress(self.stream_id, "")
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """Streams have no Nagle; accepted so relays may call it on any transport."""
-
-    # -- IPushProducer (towards our protocol) ------------------------------
+    # -- IPushProducer (towards our protocol; the rest is in StreamTransport) --
 
     def pauseProducing(self) -> None:
         self._read_paused = True
         self._paused_since_credit = True
 
-    def resumeProducing(self) -> None:
-        self._read_paused = False
-        self._drain_inbuf()
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
-
-    # -- IConsumer --------------------------------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
-        if self._finished:
-            producer.stopProducing()
-            return
-        self._producer = producer
-        self._streaming = bool(streaming)
-        self._producer_paused = False
-        self._update_producer()
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-
     # -- called by the Mux --------------------------------------------------
-
-    def attach(self, protocol: IProtocol) -> None:
-        """Connect C{protocol} to this stream (it becomes the stream's transport)."""
-        self.protocol = protocol
-        protocol.makeConnection(self)
-        self._drain_inbuf()
 
     def _on_data(self, payload: bytes) -> None:
         size = len(payload)

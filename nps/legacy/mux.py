@@ -32,7 +32,6 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
-    IProducer,
     IProtocol,
     IPushProducer,
     IReactorTime,
@@ -44,10 +43,11 @@ from zope.interface import implementer
 
 from nps.fastwrite import sequence_writer_for
 from nps.legacy.crypt import Codec, CodecError
-from nps.mux import StreamAddress, StreamRefused
+from nps.mux import StreamRefused
 from nps.protocols import legacy_mux as lm
 from nps.protocols.datagrams import DatagramFrameError, DatagramParser, encode_datagram
 from nps.protocols.legacy_link import LengthPrefixedParser, LinkError
+from nps.streambase import LinkStreamTransport
 
 __all__ = ["LegacyMux", "LegacyStream", "RECEIVE_WINDOW"]
 
@@ -72,11 +72,9 @@ class _Message:
 
 
 @implementer(ITransport, IPushProducer, IConsumer)
-class LegacyStream:
+class LegacyStream(LinkStreamTransport):
     """One nps-mux stream; a transport for the protocol attached to it."""
 
-    disconnected = False
-    disconnecting = False
     log = Logger()
 
     def __init__(self, mux: "LegacyMux", stream_id: int, link: dict[str, Any], *, preamble: bytes = b"",
@@ -169,48 +167,7 @@ class LegacyStream:
         self._send_close()
         self._finish(Failure(ConnectionAborted(reason)))
 
-    def getPeer(self) -> StreamAddress:
-        return StreamAddress(self.stream_id, str(self.link.get("remote", "")))
-
-    def getHost(self) -> StreamAddress:
-        return StreamAddress(self.stream_id, "")
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """Streams have no Nagle."""
-
-    # -- IPushProducer (towards our protocol) ----------------------------------
-
-    def pauseProducing(self) -> None:
-        self._read_paused = True
-
-    def resumeProducing(self) -> None:
-        self._read_paused = False
-        self._drain_inbuf()
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
-
-    # -- IConsumer ---------------------------------------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
-        if self._finished:
-            producer.stopProducing()
-            return
-        self._producer = producer
-        self._streaming = bool(streaming)
-        self._producer_paused = False
-        self._update_producer()
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-
-    def attach(self, protocol: IProtocol) -> None:
-        """Connect C{protocol} to this stream."""
-        self.protocol = protocol
-        protocol.makeConnection(self)
-        self._drain_inbuf()
+    # getPeer/getHost, setTcpNoDelay, IPushProducer, IConsumer and attach: see LinkStreamTransport.
 
     # -- outgoing ----------------------------------------------------------------
 

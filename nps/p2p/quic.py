@@ -38,7 +38,6 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
-    IProducer,
     IProtocol,
     IPushProducer,
     ITransport,
@@ -49,6 +48,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import attrs
+
+from nps.streambase import StreamTransport
 
 #: Credit a stream grants beyond what its protocol has taken.
 STREAM_WINDOW = 4 * 1024 * 1024
@@ -202,11 +203,8 @@ class QuicStreamAddress:
 
 
 @implementer(ITransport, IPushProducer, IConsumer)
-class QuicStream:
+class QuicStream(StreamTransport):
     """One bidirectional QUIC stream; a transport for the protocol attached to it."""
-
-    disconnected = False
-    disconnecting = False
 
     def __init__(self, session: "QuicSession", stream_id: int) -> None:
         self.session = session
@@ -298,36 +296,7 @@ class QuicStream:
     def getHost(self) -> QuicStreamAddress:
         return QuicStreamAddress(self.stream_id)
 
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """QUIC streams have no Nagle; accepted so relays may call it on any transport."""
-
-    # -- IPushProducer (towards our protocol) ----------------------------------
-
-    def pauseProducing(self) -> None:
-        self._read_paused = True
-
-    def resumeProducing(self) -> None:
-        self._read_paused = False
-        self._drain()
-
-    def stopProducing(self) -> None:
-        self.loseConnection()
-
-    # -- IConsumer ----------------------------------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
-        if self._finished:
-            producer.stopProducing()
-            return
-        self._producer = producer
-        self._streaming = bool(streaming)
-        self._producer_paused = False
-        self._update_producer()
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
+    # setTcpNoDelay, IPushProducer, IConsumer and attach: see StreamTransport.
 
     def _unsent(self) -> int:
         """Bytes written but not yet acknowledged by the peer."""
@@ -359,12 +328,6 @@ class QuicStream:
 
     # -- called by the session --------------------------------------------------
 
-    def attach(self, protocol: IProtocol) -> None:
-        """Connect C{protocol} to this stream."""
-        self.protocol = protocol
-        protocol.makeConnection(self)
-        self._drain()
-
     def unread(self, data: bytes) -> None:
         """Put bytes a protocol took back in front, for the protocol attached next."""
         if data:
@@ -382,9 +345,9 @@ class QuicStream:
             self._inbuf.append(data)
         if end:
             self._remote_fin = True
-        self._drain()
+        self._drain_inbuf()
 
-    def _drain(self) -> None:
+    def _drain_inbuf(self) -> None:
         while self._inbuf and not self._read_paused and self.protocol is not None and not self._finished:
             data = self._inbuf.popleft()
             self._consume(len(data))

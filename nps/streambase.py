@@ -1,0 +1,114 @@
+"""Twisted transport plumbing shared by every multiplexed stream class.
+
+L{nps.mux.MuxStream}, L{nps.legacy.mux.LegacyStream} and
+L{nps.p2p.quic.QuicStream} are transports (C{ITransport}), producers towards
+the protocol attached to them (C{IPushProducer}) and consumers of that
+protocol's producer (C{IConsumer}). The parts that do not depend on the wire
+live here; each stream class supplies the hooks (L{StreamTransport._drain_inbuf},
+L{StreamTransport._update_producer}, C{loseConnection}) and overrides what it
+does differently. Only registration and trivial methods are here: no data path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import attrs
+from twisted.internet.interfaces import IAddress, IProducer, IProtocol, ITransport
+from zope.interface import implementer
+
+
+@implementer(IAddress)
+@attrs.frozen
+class StreamAddress:
+    """Address of one end of a mux stream: the stream id and who is behind it."""
+
+    stream_id: int
+    remote: str = ""
+
+
+class StreamTransport:
+    """Base of a stream that is a transport, a push producer and a consumer.
+
+    Subclasses declare C{@implementer(ITransport, IPushProducer, IConsumer)}.
+
+    A subclass sets C{protocol}, C{_producer}, C{_streaming}, C{_producer_paused},
+    C{_read_paused} and C{_finished} in its C{__init__}, and implements
+    C{_drain_inbuf} (deliver what was buffered while reading was paused or no
+    protocol was attached), C{_update_producer} (pause or resume the registered
+    producer by the stream's backlog) and C{loseConnection}.
+    """
+
+    disconnected = False
+    #: True once a close has begun (protocols such as LineReceiver read it).
+    disconnecting = False
+
+    protocol: IProtocol | None
+    _producer: Any
+    _streaming: bool
+    _producer_paused: bool
+    _read_paused: bool
+    _finished: bool
+
+    def _drain_inbuf(self) -> None:
+        """Deliver buffered incoming data to the protocol, as far as reading is not paused."""
+        raise NotImplementedError
+
+    def _update_producer(self) -> None:
+        """Pause or resume the registered producer according to what is unsent."""
+        raise NotImplementedError
+
+    def loseConnection(self) -> None:
+        raise NotImplementedError
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Streams have no Nagle; accepted so relays may call it on any transport."""
+
+    # -- IPushProducer (towards our protocol) ------------------------------
+
+    def pauseProducing(self) -> None:
+        self._read_paused = True
+
+    def resumeProducing(self) -> None:
+        self._read_paused = False
+        self._drain_inbuf()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # -- IConsumer --------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer!r}: {self._producer!r} is registered")
+        if self._finished:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._streaming = bool(streaming)
+        self._producer_paused = False
+        self._update_producer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    # -- called by the mux or session ----------------------------------------
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Connect C{protocol} to this stream (it becomes the stream's transport)."""
+        self.protocol = protocol
+        protocol.makeConnection(cast(ITransport, self))
+        self._drain_inbuf()
+
+
+class LinkStreamTransport(StreamTransport):
+    """A L{StreamTransport} opened for a link dict; its addresses are L{StreamAddress}es."""
+
+    stream_id: int
+    link: dict[str, Any]
+
+    def getPeer(self) -> StreamAddress:
+        return StreamAddress(self.stream_id, str(self.link.get("remote", "")))
+
+    def getHost(self) -> StreamAddress:
+        return StreamAddress(self.stream_id, "")
