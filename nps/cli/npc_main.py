@@ -99,19 +99,13 @@ def service_command(verb: str, rest: Sequence[str]) -> int:
 
 def register_command(args: Sequence[str]) -> int:
     """C{npc register -server=H:P -vkey=K [-time=HOURS]}: register this address for the server's ip_limit."""
-    from twisted.internet import task
-
+    from nps.cli.registering import read_register_flags, run_registration
     from nps.config import parse_host_port
     from nps.iplimit import register
 
     values = {"server": "", "vkey": "", "time": "2"}
-    words = iter(args)
-    for arg in words:
-        name, equals, value = arg.lstrip("-").partition("=")
-        if not arg.startswith("-") or name not in values:
-            print(f"npc: unknown argument {arg!r} for npc register (takes -server, -vkey, -time)", file=sys.stderr)
-            return 2
-        values[name] = value if equals else next(words, "")
+    if not read_register_flags(args, values, "npc register"):
+        return 2
     if not values["server"] or not values["vkey"]:
         print("npc: npc register needs -server=HOST:PORT and -vkey=KEY", file=sys.stderr)
         return 2
@@ -127,25 +121,13 @@ def register_command(args: Sequence[str]) -> int:
     if not 0 < hours <= 24 * 366:
         print(f"npc: -time={values['time']!r}: expected a number of hours (0 < hours <= 8784)", file=sys.stderr)
         return 2
-    outcome: list[int] = []
 
-    def run(reactor: Any) -> Any:
-        def ok(answer: dict[str, Any]) -> None:
-            note = "" if answer.get("ip_limit") else " (note: this server does not use ip_limit)"
-            print(f"npc: {answer.get('ip')} registered on {values['server']} for {hours:g} hours{note}")
-            outcome.append(0)
+    def registered(answer: dict[str, Any]) -> str:
+        note = "" if answer.get("ip_limit") else " (note: this server does not use ip_limit)"
+        return f"npc: {answer.get('ip')} registered on {values['server']} for {hours:g} hours{note}"
 
-        def failed(failure: Any) -> None:
-            print(f"npc: register on {values['server']} failed: {failure.getErrorMessage()}", file=sys.stderr)
-            outcome.append(1)
-
-        return register(reactor, host, port, values["vkey"], hours).addCallbacks(ok, failed)
-
-    try:
-        task.react(run)
-    except SystemExit:
-        pass
-    return outcome[0] if outcome else 1
+    return run_registration(values["server"], lambda reactor: register(reactor, host, port, values["vkey"], hours),
+                            registered)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -622,19 +622,12 @@ def legacy_main(args: list[str]) -> int:
 def _register_main(args: list[str]) -> int:
     import sys
 
-    from twisted.internet import task
-
+    from nps.cli.registering import read_register_flags, run_registration
     from nps.config import parse_host_port
 
     values = {"proto": "", "server": "", "vkey": "", "time": "2"}
-    words = iter(args)
-    for arg in words:
-        name, equals, value = arg.lstrip("-").partition("=")
-        if not arg.startswith("-") or name not in values:
-            print(f"npc: unknown argument {arg!r} for npc register -proto=0.26 (takes -server, -vkey, -time)",
-                  file=sys.stderr)
-            return 2
-        values[name] = value if equals else next(words, "")
+    if not read_register_flags(args, values, "npc register -proto=0.26"):
+        return 2
     try:
         host, port = parse_host_port(values["server"])
         hours = int(values["time"])
@@ -643,21 +636,5 @@ def _register_main(args: list[str]) -> int:
     except ValueError as e:
         print(f"npc: register -proto=0.26: {e}", file=sys.stderr)
         return 2
-    outcome: list[int] = []
-
-    def run(reactor: Any) -> Any:
-        def ok(_: Any) -> None:
-            print(f"npc: this address is registered on {values['server']} for {hours} hours")
-            outcome.append(0)
-
-        def failed(failure: Failure) -> None:
-            print(f"npc: register on {values['server']} failed: {failure.getErrorMessage()}", file=sys.stderr)
-            outcome.append(1)
-
-        return register(reactor, host, port, values["vkey"], hours).addCallbacks(ok, failed)
-
-    try:
-        task.react(run)
-    except SystemExit:
-        pass
-    return outcome[0] if outcome else 1
+    return run_registration(values["server"], lambda reactor: register(reactor, host, port, values["vkey"], hours),
+                            lambda _: f"npc: this address is registered on {values['server']} for {hours} hours")
