@@ -9,13 +9,13 @@ from typing import Any, Callable, Sequence
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nps.connect import connect_tcp
 from nps.bridge.client import BridgeClientFactory, BridgeClientProtocol, BridgeRefused
 from nps.debug import attach_client_debug
+from nps.fatalstop import FatalStopService
 from nps.metrics import ClientStats
 from nps.config import HealthSection
 from nps.health import HealthChecker
@@ -34,7 +34,7 @@ CONNECT_TIMEOUT = 10.0
 FatalHandler = Callable[[int, str], None]
 
 
-class NpcService(MultiService):
+class NpcService(FatalStopService):
     """Connect to C{server}, authenticate with C{vkey}, register C{tunnels}, serve streams."""
 
     log = Logger()
@@ -247,18 +247,6 @@ class NpcService(MultiService):
             self._pending_fatal = (1, f"another npc logged in with the same vkey; stopping ({reason})")
         elif not self.auto_reconnect:
             self._pending_fatal = (1, "connection lost and auto_reconnection=false; stopping")
-
-    def _fatal(self, code: int, message: str) -> None:
-        # Often called from connectionLost: act on the next turn, once the connection is gone.
-        self.reactor.callLater(0, self._stop_for_good, code, message)
-
-    def _stop_for_good(self, code: int, message: str) -> None:
-        if self.running:
-            self.stopService()
-        if self._on_fatal is not None:
-            self._on_fatal(code, message)
-        else:
-            self.log.critical("{message}", message=message)
 
     def reload(self) -> None:
         """Re-read npc.conf (SIGHUP): the server opens new tunnels, closes removed ones, keeps the rest."""

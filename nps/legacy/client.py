@@ -29,7 +29,6 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from twisted.application.internet import backoffPolicy
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -37,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nps.connect import connect_tcp
+from nps.fatalstop import FatalStopService
 from nps.legacy.crypt import SnappyCodec, TlsCodec, client_context
 from nps.legacy.mux import LegacyMux, LegacyStream
 from nps.protocols import legacy_handshake as lh
@@ -332,7 +332,7 @@ class _LinkHeader(Protocol):
         self.service.serve(self.stream, link, rest)
 
 
-class LegacyNpcService(MultiService):
+class LegacyNpcService(FatalStopService):
     """Keep an NPS 0.26 session (signal + tunnel) to C{host:port} and serve its streams."""
 
     log = Logger()
@@ -474,17 +474,6 @@ class LegacyNpcService(MultiService):
         delay = self._delay(self._failures)
         self.log.info("retrying {server} in {delay:.1f}s", server=self.server, delay=delay)
         self._retry = self.reactor.callLater(delay, self._connect)
-
-    def _fatal(self, code: int, message: str) -> None:
-        self.reactor.callLater(0, self._stop_for_good, code, message)
-
-    def _stop_for_good(self, code: int, message: str) -> None:
-        if self.running:
-            self.stopService()
-        if self._on_fatal is not None:
-            self._on_fatal(code, message)
-        else:
-            self.log.critical("{message}", message=message)
 
     # -- streams -------------------------------------------------------------------------
 
