@@ -95,6 +95,23 @@ def _client_id(record: dict[str, Any]) -> int | None:
     return None
 
 
+def _owner(record: dict[str, Any], label: str, ids: dict[int, int], report: ImportReport) -> int | None:
+    """
+    The id our store gave the client owning a tunnel or host C{record}.
+
+    @param ids: NPS client ids mapped to ours, for the clients imported.
+    @return: None, with the reason in C{report.skipped}, when the record is not to be imported.
+    """
+    if record.get("NoStore"):
+        report.skipped.append(f"{label}: not stored in NPS either (NoStore)")
+        return None
+    old_client = _client_id(record)
+    if old_client not in ids:
+        report.skipped.append(f"{label}: its client {old_client} was not imported")
+        return None
+    return ids[old_client]
+
+
 def import_nps(store: Store, directory: str) -> ImportReport:
     """
     Import NPS's json files from C{directory} (or C{directory/conf}).
@@ -145,12 +162,8 @@ def import_nps(store: Store, directory: str) -> ImportReport:
         report.clients += 1
     for record in tasks:
         label = f"tunnel {record.get('Id')} ({record.get('Mode')} port {record.get('Port')})"
-        old_client = _client_id(record)
-        if record.get("NoStore"):
-            report.skipped.append(f"{label}: not stored in NPS either (NoStore)")
-            continue
-        if old_client not in ids:
-            report.skipped.append(f"{label}: its client {old_client} was not imported")
+        owner = _owner(record, label, ids, report)
+        if owner is None:
             continue
         mode = str(record.get("Mode") or "")
         options: dict[str, str] = {}
@@ -160,7 +173,7 @@ def import_nps(store: Store, directory: str) -> ImportReport:
             options[ACCOUNTS_OPTION] = format_accounts({str(u): str(p) for u, p in accounts.items()})
         try:
             tunnel = store.add_tunnel(
-                ids[old_client], mode, int(record.get("Port") or 0), _targets(record),
+                owner, mode, int(record.get("Port") or 0), _targets(record),
                 server_ip=str(record.get("ServerIp") or "") or "0.0.0.0", remark=str(record.get("Remark") or ""),
                 password=str(record.get("Password") or ""), local_path=str(record.get("LocalPath") or ""),
                 strip_pre=str(record.get("StripPre") or ""), enabled=bool(record.get("Status", True)),
@@ -174,12 +187,8 @@ def import_nps(store: Store, directory: str) -> ImportReport:
         report.tunnels += 1
     for record in hosts:
         label = f"host {record.get('Id')} ({record.get('Host')})"
-        old_client = _client_id(record)
-        if record.get("NoStore"):
-            report.skipped.append(f"{label}: not stored in NPS either (NoStore)")
-            continue
-        if old_client not in ids:
-            report.skipped.append(f"{label}: its client {old_client} was not imported")
+        owner = _owner(record, label, ids, report)
+        if owner is None:
             continue
         headers = {}
         for line in str(record.get("HeaderChange") or "").splitlines():
@@ -189,7 +198,7 @@ def import_nps(store: Store, directory: str) -> ImportReport:
         scheme = str(record.get("Scheme") or "all")
         try:
             host = store.add_host(
-                ids[old_client], str(record.get("Host") or ""), _targets(record),
+                owner, str(record.get("Host") or ""), _targets(record),
                 location=str(record.get("Location") or "/"), scheme=scheme, headers=headers,
                 host_change=str(record.get("HostChange") or ""), cert_file=str(record.get("CertFilePath") or ""),
                 key_file=str(record.get("KeyFilePath") or ""), remark=str(record.get("Remark") or ""),
