@@ -47,7 +47,8 @@ from nps.protocols.frames import (
     encode,
     encode_header,
 )
-from nps.streambase import LinkStreamTransport
+from nps.streambase import LinkStreamTransport, PendingOpens
+from nps.streambase import StreamRefused as StreamRefused  # re-exported: what a refused open fails with
 from nps.streambase import StreamAddress as StreamAddress  # re-exported: streams' address type
 
 _DATA, _WINDOW_UPDATE, _PING, _GO_AWAY, _CONTROL = (int(t) for t in FrameType)
@@ -65,10 +66,6 @@ OPEN_TIMEOUT = 30.0
 #: How long a stream closed by us waits for the peer's FIN before it is forgotten.
 LINGER = 30.0
 MAX_REASON = 1024
-
-
-class StreamRefused(Exception):
-    """The peer reset a stream we tried to open; C{str()} is its reason."""
 
 
 class StreamError(Exception):
@@ -394,7 +391,7 @@ class MuxStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class Mux:
+class Mux(PendingOpens[MuxStream]):
     """The stream multiplexer of one bridge connection (either end)."""
 
     log = Logger()
@@ -708,25 +705,6 @@ class Mux:
             del self._streams[stream.stream_id]
         self._waiting_streams.discard(stream)
         self._fail_open(stream, "stream closed")
-
-    def _fail_open(self, stream: MuxStream, reason: str) -> None:
-        pending = self._pending_opens.pop(stream.stream_id, None)
-        if pending is not None:
-            d, timer = pending
-            if timer.active():
-                timer.cancel()
-            d.errback(StreamRefused(reason))
-
-    def _cancel_open(self, stream: MuxStream, reason: str) -> None:
-        pending = self._pending_opens.pop(stream.stream_id, None)
-        if pending is None:
-            return
-        d, timer = pending
-        if timer.active():
-            timer.cancel()
-        stream.reset(reason)
-        if not d.called:
-            d.errback(StreamRefused(reason))
 
     # -- IPushProducer for the bridge transport ----------------------------
 

@@ -11,10 +11,11 @@ does differently. Only registration and trivial methods are here: no data path.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
-from twisted.internet.interfaces import IAddress, IProducer, IProtocol, ITransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProducer, IProtocol, ITransport
 from zope.interface import implementer
 
 
@@ -112,3 +113,44 @@ class LinkStreamTransport(StreamTransport):
 
     def getHost(self) -> StreamAddress:
         return StreamAddress(self.stream_id, "")
+
+    def reset(self, reason: str = "") -> None:
+        """Abort the stream now, telling the peer why (as far as its wire can)."""
+        raise NotImplementedError
+
+
+class StreamRefused(Exception):
+    """The peer reset a stream we tried to open; C{str()} is its reason."""
+
+
+_S = TypeVar("_S", bound=LinkStreamTransport)
+
+
+class PendingOpens(Generic[_S]):
+    """
+    A mux's streams opened by us and not yet answered: C{_pending_opens} maps
+    a stream id to the Deferred its opener waits on and the timer that gives up.
+    """
+
+    _pending_opens: dict[int, tuple[Deferred[_S], IDelayedCall]]
+
+    def _fail_open(self, stream: _S, reason: str) -> None:
+        """Fail the opener of C{stream}, if it still waits, with L{StreamRefused}(C{reason})."""
+        pending = self._pending_opens.pop(stream.stream_id, None)
+        if pending is not None:
+            d, timer = pending
+            if timer.active():
+                timer.cancel()
+            d.errback(StreamRefused(reason))
+
+    def _cancel_open(self, stream: _S, reason: str) -> None:
+        """Give up opening C{stream} (timeout or cancelled): reset it and fail its opener."""
+        pending = self._pending_opens.pop(stream.stream_id, None)
+        if pending is None:
+            return
+        d, timer = pending
+        if timer.active():
+            timer.cancel()
+        stream.reset(reason)
+        if not d.called:
+            d.errback(StreamRefused(reason))

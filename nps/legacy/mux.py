@@ -43,11 +43,10 @@ from zope.interface import implementer
 
 from nps.fastwrite import sequence_writer_for
 from nps.legacy.crypt import Codec, CodecError
-from nps.mux import StreamRefused
 from nps.protocols import legacy_mux as lm
 from nps.protocols.datagrams import DatagramFrameError, DatagramParser, encode_datagram
 from nps.protocols.legacy_link import LengthPrefixedParser, LinkError
-from nps.streambase import LinkStreamTransport
+from nps.streambase import LinkStreamTransport, PendingOpens, StreamRefused
 
 __all__ = ["LegacyMux", "LegacyStream", "RECEIVE_WINDOW"]
 
@@ -428,7 +427,7 @@ class LegacyStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class LegacyMux:
+class LegacyMux(PendingOpens[LegacyStream]):
     """The nps-mux of one NPS 0.26 bridge connection (C{chan} or C{file})."""
 
     log = Logger()
@@ -631,25 +630,6 @@ class LegacyMux:
             del self._streams[stream.stream_id]
         self._waiting.discard(stream)
         self._fail_open(stream, "stream closed")
-
-    def _fail_open(self, stream: LegacyStream, reason: str) -> None:
-        pending = self._pending_opens.pop(stream.stream_id, None)
-        if pending is not None:
-            d, timer = pending
-            if timer.active():
-                timer.cancel()
-            d.errback(StreamRefused(reason))
-
-    def _cancel_open(self, stream: LegacyStream, reason: str) -> None:
-        pending = self._pending_opens.pop(stream.stream_id, None)
-        if pending is None:
-            return
-        d, timer = pending
-        if timer.active():
-            timer.cancel()
-        stream.reset(reason)
-        if not d.called:
-            d.errback(StreamRefused(reason))
 
     # -- IPushProducer for the bridge transport ----------------------------------
 
