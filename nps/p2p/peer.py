@@ -59,6 +59,18 @@ def _listen_udp(reactor: Any, endpoint: QuicEndpoint) -> Any:
     return reactor.listenUDP(0, endpoint, interface="0.0.0.0")
 
 
+def _is_probe(data: bytes, addr: tuple[str, int]) -> bool:
+    """
+    Take a non-QUIC datagram on a punched socket if it is one of our p2p wire
+    messages (the other side's probes only open its NAT; nothing to answer).
+    """
+    try:
+        parse(data)
+    except P2PWireError:
+        return False
+    return True
+
+
 class _Sender:
     """Sends one datagram every C{interval} seconds until stopped."""
 
@@ -196,7 +208,7 @@ class VisitorLink:
         except (KeyError, ValueError) as e:
             self._fallback(f"bad p2p_token message: {e}")
             return
-        self._endpoint = QuicEndpoint(self.reactor, on_other=self._other, name=f"p2p {self.visitor.name}")
+        self._endpoint = QuicEndpoint(self.reactor, on_other=_is_probe, name=f"p2p {self.visitor.name}")
         try:
             self._port = _listen_udp(self.reactor, self._endpoint)
         except CannotListenError as e:
@@ -235,14 +247,6 @@ class VisitorLink:
             session.handshake.addCallbacks(self._connected, lambda f: self._fallback(f.getErrorMessage()))
 
         self.reactor.callLater(CONNECT_DELAY, connect)
-
-    def _other(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """Probes from the provider (they only open its NAT; nothing to answer)."""
-        try:
-            parse(data)
-        except P2PWireError:
-            return False
-        return True
 
     def _connected(self, session: QuicSession) -> None:
         if self.state != "connecting":
@@ -357,7 +361,7 @@ class ProviderOffer:
         """Open the UDP port and register it with the server; returns an error or ""."""
         cert, key, _ = self.client.certificate()
         self.endpoint = QuicEndpoint(self.reactor, server_config=server_configuration(cert, key),
-                                     on_stream=self._stream, on_other=self._other,
+                                     on_stream=self._stream, on_other=_is_probe,
                                      on_session=self._session, max_sessions=1, name=f"p2p {self.remark}")
         try:
             self._port = _listen_udp(self.reactor, self.endpoint)
@@ -381,13 +385,6 @@ class ProviderOffer:
         self._probe = _Sender(self.reactor, lambda: endpoint.send(probe, peer, PROBE_TTL), PROBE_INTERVAL)
         self.log.info("p2p {remark}: visitor is at {peer}; punching", remark=self.remark,
                       peer=format_host_port(*peer))
-
-    def _other(self, data: bytes, addr: tuple[str, int]) -> bool:
-        try:
-            parse(data)
-        except P2PWireError:
-            return False
-        return True
 
     def _session(self, session: QuicSession) -> None:
         self.session = session
