@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from nps import __version__
 from nps.cli.flags import normalize_go_flags
 from nps.cli.run import begin_logging, nps_log_level, open_log, run_service
 from nps.config import ConfigError, ServerConfig, format_host_port, load_server_config
+
+if TYPE_CHECKING:
+    from nps.store import Store
 
 GO_FLAGS = ("log_format", "conf_path", "config", "version")
 SERVICE_VERBS = ("install", "start", "stop", "restart", "uninstall", "reload", "update", "status")
@@ -27,6 +30,25 @@ def server_addr(config: ServerConfig) -> str:
                                config.public_addr.endswith("]")):
         return config.public_addr
     return format_host_port(host.strip("[]"), config.bridge_port)
+
+
+def _with_store(config: ServerConfig, run: Callable[["Store"], int]) -> int:
+    """
+    Open the store in C{config.data_dir}, C{run} a command on it, close it.
+
+    @return: C{run}'s exit status, or 1 (after saying why) when the store cannot be opened.
+    """
+    from nps.store import Store, StoreError
+
+    try:
+        store = Store(config.data_dir)
+    except (StoreError, OSError) as e:
+        print(f"nps: cannot open the store in {config.data_dir}: {e}", file=sys.stderr)
+        return 1
+    try:
+        return run(store)
+    finally:
+        store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,30 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command in ("admin", "import"):
         from nps.admin import cli as admin_cli
-        from nps.store import Store, StoreError
 
-        try:
-            store = Store(config.data_dir)
-        except (StoreError, OSError) as e:
-            print(f"nps: cannot open the store in {config.data_dir}: {e}", file=sys.stderr)
-            return 1
-        try:
-            return admin_cli.run(args, store, config, sys.stdout)
-        finally:
-            store.close()
+        return _with_store(config, lambda store: admin_cli.run(args, store, config, sys.stdout))
     if args.command in ("client", "tunnel", "host"):
         from nps.cli import admin
-        from nps.store import Store, StoreError
 
-        try:
-            store = Store(config.data_dir)
-        except (StoreError, OSError) as e:
-            print(f"nps: cannot open the store in {config.data_dir}: {e}", file=sys.stderr)
-            return 1
-        try:
-            return admin.run(args, store, server_addr(config), sys.stdout)
-        finally:
-            store.close()
+        return _with_store(config, lambda store: admin.run(args, store, server_addr(config), sys.stdout))
     try:
         out = open_log(config.log_path) if config.log_path else sys.stdout
     except OSError as e:
