@@ -33,6 +33,7 @@ from nps.protocols.socks5 import (
     ServerHandshake,
     Socks5Error,
     decode_udp,
+    encode_address,
     encode_reply,
     encode_udp,
     frame_datagram,
@@ -177,8 +178,15 @@ def test_garbage_never_crashes(chunks: list[bytes], auth: bool) -> None:
 hosts = st.one_of(
     st.ip_addresses(v=4).map(str),
     st.ip_addresses(v=6).map(str),
-    st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,60}[a-z0-9])?", fullmatch=True),
+    st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?){0,3}", fullmatch=True),
 )
+
+
+@pytest.mark.parametrize("host", ["0..0", "a." + "b" * 70, ""])
+def test_encode_bad_domain_is_a_clear_value_error(host: str) -> None:
+    """A name IDNA refuses (empty label, label over 63) is a ValueError naming it."""
+    with pytest.raises(ValueError, match="domain name"):
+        encode_address(host, 80)
 
 
 @SETTINGS

@@ -282,7 +282,10 @@ def encode_address(host: str, port: int) -> bytes:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        name = host.encode("idna")
+        try:
+            name = host.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"not a valid domain name: {host!r}") from None
         if not 0 < len(name) < 256:
             raise ValueError(f"domain name too long or empty: {host!r}") from None
         return bytes((AddressType.DOMAIN, len(name))) + name + _PORT.pack(port)
