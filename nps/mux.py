@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nps.fastwrite import sequence_writer_for
+from nps.corking import CorkedWriter
 from nps.protocols.frames import (
     MAX_DATA_CHUNK,
     Flag,
@@ -391,7 +391,7 @@ class MuxStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class Mux(PendingOpens[MuxStream]):
+class Mux(CorkedWriter, PendingOpens[MuxStream]):
     """The stream multiplexer of one bridge connection (either end)."""
 
     log = Logger()
@@ -432,9 +432,7 @@ class Mux(PendingOpens[MuxStream]):
         self._ping_sent: dict[int, float] = {}
         self.rtt: float | None = None
         self._ping_call: IDelayedCall | None = None
-        self._send_now = sequence_writer_for(transport)
-        self._corked: list[bytes] = []
-        self._can_cork = getattr(clock, "call_after_dispatch", None) is not None
+        self._init_corking(transport, clock)
         transport.registerProducer(self, True)
         if ping_interval > 0:
             self._ping_call = clock.callLater(ping_interval, self._keepalive)
@@ -671,24 +669,6 @@ class Mux(PendingOpens[MuxStream]):
         for counter in stream.counters:
             counter.bytes_in += size
         self._write_sequence(buffers)  # type: ignore[arg-type]
-
-    def _write_sequence(self, buffers: list[bytes]) -> None:
-        """Send frames, gathering those of one reactor poll into one C{sendmsg}."""
-        if self._can_cork and self._clock.dispatching:  # type: ignore[attr-defined]
-            if not self._corked:
-                self._clock.call_after_dispatch(self.uncork)  # type: ignore[attr-defined]
-            self._corked.extend(buffers)
-        elif self._corked:
-            self._corked.extend(buffers)
-            self.uncork()
-        else:
-            self._send_now(buffers)
-
-    def uncork(self) -> None:
-        """Send whatever frames are gathered (before any close, and after each poll)."""
-        corked, self._corked = self._corked, []
-        if corked and self.transport.connected:
-            self._send_now(corked)
 
     def _close_transport(self, abort: bool = False) -> None:
         self.uncork()

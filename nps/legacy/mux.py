@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nps.fastwrite import sequence_writer_for
+from nps.corking import CorkedWriter
 from nps.legacy.crypt import Codec, CodecError
 from nps.protocols import legacy_mux as lm
 from nps.protocols.datagrams import DatagramFrameError, DatagramParser, encode_datagram
@@ -427,7 +427,7 @@ class LegacyStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class LegacyMux(PendingOpens[LegacyStream]):
+class LegacyMux(CorkedWriter, PendingOpens[LegacyStream]):
     """The nps-mux of one NPS 0.26 bridge connection (C{chan} or C{file})."""
 
     log = Logger()
@@ -453,11 +453,7 @@ class LegacyMux(PendingOpens[LegacyStream]):
         self._idle_timeout = idle_timeout
         self._last_received = clock.seconds()
         self._ping_call: IDelayedCall | None = None
-        # As in nps.mux: send at once when nothing is queued, and gather the frames of one
-        # reactor poll into one sendmsg when the reactor can tell us when a poll ends.
-        self._send_now = sequence_writer_for(transport)
-        self._corked: list[bytes] = []
-        self._can_cork = getattr(clock, "call_after_dispatch", None) is not None
+        self._init_corking(transport, clock)
         transport.registerProducer(self, True)
         if ping_interval > 0:
             self._ping_call = clock.callLater(ping_interval, self._keepalive)
@@ -602,28 +598,11 @@ class LegacyMux(PendingOpens[LegacyStream]):
 
     def _send(self, frame: bytes) -> None:
         if not self._closed:
-            self._write([frame])
+            self._write_sequence([frame])
 
     def _send_parts(self, header: bytes, payload: bytes) -> None:
         if not self._closed:
-            self._write([header, payload])
-
-    def _write(self, buffers: list[bytes]) -> None:
-        if self._can_cork and self._clock.dispatching:  # type: ignore[attr-defined]
-            if not self._corked:
-                self._clock.call_after_dispatch(self.uncork)  # type: ignore[attr-defined]
-            self._corked.extend(buffers)
-        elif self._corked:
-            self._corked.extend(buffers)
-            self.uncork()
-        else:
-            self._send_now(buffers)
-
-    def uncork(self) -> None:
-        """Send the frames gathered during this reactor poll."""
-        corked, self._corked = self._corked, []
-        if corked and self.transport.connected:
-            self._send_now(corked)
+            self._write_sequence([header, payload])
 
     def _remove(self, stream: LegacyStream) -> None:
         if self._streams.get(stream.stream_id) is stream:
