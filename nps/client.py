@@ -62,6 +62,7 @@ class NpcService(FatalStopService):
         compress: bool = False,
         tls: TlsClient | QuicBridgeClient | None = None,
         limits: dict[str, int] | None = None,
+        web_login: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -90,6 +91,8 @@ class NpcService(FatalStopService):
         self.visitors = list(visitors)
         #: npc.conf [common] rate_limit/flow_limit/max_conn: limits this npc asks the server to apply to it.
         self.limits = dict(limits or {})
+        #: npc.conf [common] web_username/web_password: this client's own login to the web admin.
+        self.web_login = web_login
         self._visitor_ports: list[Any] = []
         self.connected_once = False
         self.current: BridgeClientProtocol | None = None
@@ -191,7 +194,7 @@ class NpcService(FatalStopService):
         welcome = protocol.welcome
         self.log.info("connected to server {server} as client {id} (server {version})",
                       server=self.server, id=welcome.get("client_id"), version=welcome.get("server_version"))
-        if (self.tunnels or self.hosts) and protocol.mux is not None:
+        if (self.tunnels or self.hosts or self.web_login) and protocol.mux is not None:
             protocol.mux.send_control(self._register_message())
         if protocol.mux is not None:
             for checker in self.health_checkers:
@@ -210,6 +213,8 @@ class NpcService(FatalStopService):
             message["hosts"] = [h.to_wire() for h in self.hosts]
         if self.limits:
             message["limits"] = self.limits
+        if self.web_login is not None:
+            message["web_login"] = {"username": self.web_login[0], "password": self.web_login[1]}
         return message
 
     def _refused(self, failure: Failure) -> None:

@@ -14,10 +14,12 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nps import __version__
+from nps.admin import passwords
 from nps.access import DENY_OPTION, SourcePolicy, SourceRefused, host_of, normalize_ip, parse_deny_list
 from nps.accounts import ACCOUNTS_OPTION, accounts_for, format_accounts
 from nps.bridge.server import BridgeServerFactory, BridgeServerProtocol, SessionRejected
@@ -482,6 +484,8 @@ class NpsServer(MultiService):
             return
         if kind == "register":
             self._take_self_limits(session, message.get("limits"))
+            if "web_login" in message:
+                self._take_web_login(session, message["web_login"])
             self._register_tunnels(session, message.get("tunnels"), message.get("hosts"))
         elif kind == "health":
             self.vhosts.health(session, message)
@@ -742,6 +746,53 @@ class NpsServer(MultiService):
             self.log.info("client {id}: npc.conf limits {limits}", id=session.client_id,
                           limits=", ".join(f"{k}={v}" for k, v in sorted(own.items())))
         self._update_limiters()
+
+    def _take_web_login(self, session: ClientSession, login: Any) -> Deferred[None]:
+        """
+        npc.conf [common] web_username/web_password (sent with a register message): the
+        client's own login to the web admin, as in NPS. Stored hashed on the client's
+        record; only for a stored client that may register from its config file, and
+        never with a name the admin or another client uses.
+        """
+        def refuse(why: str) -> Deferred[None]:
+            self.log.warn("client {id}: not setting its web login from npc.conf: {why}",
+                          id=session.client_id, why=why)
+            return succeed(None)
+
+        if not isinstance(login, dict) or not all(isinstance(login.get(k), str) for k in ("username", "password")):
+            return refuse("web_login must be an object with string username and password")
+        username, password = login["username"], login["password"]
+        if not 0 < len(username) <= 64 or not username.isprintable() or not 0 < len(password) <= 256:
+            return refuse("web_username must be 1-64 printable characters and web_password 1-256")
+        if session.public:
+            return refuse("it logs in with public_vkey; add it with `nps client add` to give it a web login")
+        client = self._clients.get(session.client_id)
+        if client is None or not client.config_conn_allow:
+            return refuse("this client may not take settings from its config file")
+        if username == (self.config.web_username or "admin") or any(
+                c.web_username == username for c in self._clients.values() if c.id != client.id):
+            return refuse(f"the name {username!r} is already used by the admin or another client")
+        weak = passwords.weakness(password, username)
+        if weak:
+            self.log.warn("client {id}: web_password in its npc.conf is weak: {why}", id=client.id, why=weak)
+
+        def unchanged() -> bool:
+            return client.web_username == username and bool(client.web_password) and \
+                passwords.verify_password(password, client.web_password)
+
+        def store(same: bool) -> Any:
+            if same:
+                return None
+            return deferToThread(passwords.hash_password, password).addCallback(
+                lambda hashed: self.store.call("update_client", client.id, web_username=username,
+                                               web_password=hashed)).addCallback(saved)
+
+        def saved(_: Any) -> None:
+            self.log.info("client {id}: web login {user!r} set from its npc.conf", id=client.id, user=username)
+            self.refresh()
+
+        d: Deferred[None] = deferToThread(unchanged).addCallback(store)
+        return d.addErrback(self._store_failed)
 
     # -- who may connect: deny_ips and ip_limit (nps.access) ----------------------------
 

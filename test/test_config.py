@@ -644,11 +644,7 @@ tls_known_servers=/var/lib/npc/known_servers
         tls_server_name="nps.example.com",
         tls_known_servers="/var/lib/npc/known_servers",
     )
-    assert set(c.unsupported) == {
-        "web_username",
-        "web_password",
-        "proxy_url",
-    }
+    assert set(c.unsupported) == {"proxy_url"}  # web_username/web_password: the client's admin login
     assert not any("'crypt'" in w or "'compress'" in w for w in c.warnings)  # built (nps.streamcodec)
     assert KNOWN_CLIENT_COMMON_KEYS == {line.split("=")[0] for line in text.splitlines()[1:]}
 

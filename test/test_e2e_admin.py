@@ -115,3 +115,49 @@ def fetch_ok(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def login(port: int, username: str, password: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/login", method="POST",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_npc_conf_web_login(nps_server: Callable[..., Any], npc_client: Callable[..., Any]) -> None:
+    """
+    npc.conf [common] web_username/web_password become the client's own admin login
+    (stored hashed); a name the admin or another client uses is refused with a log line.
+    """
+    web_port = support.free_port()
+    server = nps_server(extra={"web_port": web_port, "web_ip": "127.0.0.1", "web_password": PASSWORD,
+                               "allow_user_login": True}, start=False)
+    created = server.admin("admin", "token", "create", "e2e", check=True)
+    token = created.stdout.split(": ", 1)[1].splitlines()[0].strip()
+    server.start()
+    support.wait_for_port("127.0.0.1", web_port, 30, proc=server.proc)
+    api = Api(web_port, token)
+    _, alice = api("POST", "clients", {"remark": "alice"})
+    _, mallory = api("POST", "clients", {"remark": "mallory"})
+    alice_password = "alice's npc.conf password, long enough"
+    npc_client(conf=support.render_npc_conf(server.bridge_addr, alice["vkey"], web_username="alice",
+                                            web_password=alice_password))
+    support.until(lambda: "web login 'alice' set from its npc.conf" in server.log_text(), 30, "web login stored")
+    assert login(web_port, "alice", alice_password) == 200
+    store = Store(str(server.data_dir))
+    try:
+        stored = store.get_client(alice["id"]).web_password
+    finally:
+        store.close()
+    assert stored and alice_password not in stored  # hashed, never in clear
+
+    npc_client(conf=support.render_npc_conf(server.bridge_addr, mallory["vkey"], web_username="admin",
+                                            web_password="mallory takes over the admin"))
+    support.until(lambda: "already used by the admin" in server.log_text(), 30, "refusal logged")
+    assert login(web_port, "admin", "mallory takes over the admin") == 401
+    assert login(web_port, "admin", PASSWORD) == 200

@@ -222,7 +222,9 @@ def makeService(options: Options, reactor: Any = None,
                            or client_udp(settings.server_host, settings.server_port, common)),
                       visitors=settings.visitors, hosts=settings.hosts, health=settings.health,
                       limits={key: getattr(common, key) for key in ("rate_limit", "flow_limit", "max_conn")
-                              if getattr(common, key)})
+                              if getattr(common, key)},
+                      web_login=((common.web_username, common.web_password)
+                                 if common.web_username and common.web_password else None))
     if config_path is not None:
         hosts_path = config_path
 
