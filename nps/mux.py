@@ -47,7 +47,7 @@ from nps.protocols.frames import (
     encode,
     encode_header,
 )
-from nps.streambase import LinkStreamTransport, PendingOpens
+from nps.streambase import BridgeProducer, LinkStreamTransport
 from nps.streambase import StreamRefused as StreamRefused  # re-exported: what a refused open fails with
 from nps.streambase import StreamAddress as StreamAddress  # re-exported: streams' address type
 
@@ -391,7 +391,7 @@ class MuxStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class Mux(CorkedWriter, PendingOpens[MuxStream]):
+class Mux(CorkedWriter, BridgeProducer[MuxStream]):
     """The stream multiplexer of one bridge connection (either end)."""
 
     log = Logger()
@@ -680,29 +680,6 @@ class Mux(CorkedWriter, PendingOpens[MuxStream]):
     def _wait_for_bridge(self, stream: MuxStream) -> None:
         self._waiting_streams.add(stream)
 
-    def _remove(self, stream: MuxStream) -> None:
-        if self._streams.get(stream.stream_id) is stream:
-            del self._streams[stream.stream_id]
-        self._waiting_streams.discard(stream)
-        self._fail_open(stream, "stream closed")
-
-    # -- IPushProducer for the bridge transport ----------------------------
-
-    def pauseProducing(self) -> None:
-        self._writes_paused = True
-
-    def resumeProducing(self) -> None:
-        self._writes_paused = False
-        waiting, self._waiting_streams = self._waiting_streams, set()
-        for stream in waiting:
-            stream._update_producer()
-            if self._writes_paused:
-                # Re-paused while resuming: the rest keep waiting.
-                self._waiting_streams.update(s for s in waiting if not s._finished)
-                break
-
-    def stopProducing(self) -> None:
-        self.connection_lost("bridge transport closed")
 
     # -- keepalive --------------------------------------------------------
 

@@ -154,3 +154,46 @@ class PendingOpens(Generic[_S]):
         stream.reset(reason)
         if not d.called:
             d.errback(StreamRefused(reason))
+
+
+class BridgeProducer(PendingOpens[_S]):
+    """
+    A mux as the push producer of its bridge transport. While the bridge is
+    paused, streams that want to send wait in C{_waiting_streams} (their own
+    producers paused); resuming the bridge lets them go, until it pauses again.
+
+    The mux sets C{_streams}, C{_waiting_streams} and C{_writes_paused} in its
+    C{__init__} and implements C{connection_lost}.
+    """
+
+    _streams: dict[int, _S]
+    _waiting_streams: set[_S]
+    _writes_paused: bool
+
+    def connection_lost(self, reason: str) -> None:
+        """Tear the mux down; the bridge transport is gone (the mux implements it)."""
+        raise NotImplementedError
+
+    def _remove(self, stream: _S) -> None:
+        """Forget a finished stream (and fail its opener if it still waits)."""
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+        self._waiting_streams.discard(stream)
+        self._fail_open(stream, "stream closed")
+
+    def pauseProducing(self) -> None:
+        self._writes_paused = True
+
+    def resumeProducing(self) -> None:
+        self._writes_paused = False
+        waiting, self._waiting_streams = self._waiting_streams, set()
+        for stream in waiting:
+            if not stream._finished:
+                stream._update_producer()
+            if self._writes_paused:
+                # Re-paused while resuming: the rest keep waiting.
+                self._waiting_streams.update(s for s in waiting if not s._finished)
+                break
+
+    def stopProducing(self) -> None:
+        self.connection_lost("bridge transport closed")

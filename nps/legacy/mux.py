@@ -46,7 +46,7 @@ from nps.legacy.crypt import Codec, CodecError
 from nps.protocols import legacy_mux as lm
 from nps.protocols.datagrams import DatagramFrameError, DatagramParser, encode_datagram
 from nps.protocols.legacy_link import LengthPrefixedParser, LinkError
-from nps.streambase import LinkStreamTransport, PendingOpens, StreamRefused
+from nps.streambase import BridgeProducer, LinkStreamTransport, StreamRefused
 
 __all__ = ["LegacyMux", "LegacyStream", "RECEIVE_WINDOW"]
 
@@ -251,7 +251,7 @@ class LegacyStream(LinkStreamTransport):
             return
         want_pause = self._outbuf_size >= OUTBUF_HIGH or self.mux._writes_paused
         if want_pause:
-            self.mux._waiting.add(self)
+            self.mux._waiting_streams.add(self)
         if not self._streaming:
             if not want_pause and not self._finished:
                 self.mux._clock.callLater(0, self._pull)
@@ -427,7 +427,7 @@ class LegacyStream(LinkStreamTransport):
 
 
 @implementer(IPushProducer)
-class LegacyMux(CorkedWriter, PendingOpens[LegacyStream]):
+class LegacyMux(CorkedWriter, BridgeProducer[LegacyStream]):
     """The nps-mux of one NPS 0.26 bridge connection (C{chan} or C{file})."""
 
     log = Logger()
@@ -448,7 +448,7 @@ class LegacyMux(CorkedWriter, PendingOpens[LegacyStream]):
         self._closed = False
         self.close_reason = ""
         self._writes_paused = False
-        self._waiting: set[LegacyStream] = set()
+        self._waiting_streams: set[LegacyStream] = set()
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
         self._last_received = clock.seconds()
@@ -590,7 +590,7 @@ class LegacyMux(CorkedWriter, PendingOpens[LegacyStream]):
         for stream in list(self._streams.values()):
             stream._finish(lost)
         self._streams.clear()
-        self._waiting.clear()
+        self._waiting_streams.clear()
         if first and self._on_close is not None:
             self._on_close(self.close_reason)
 
@@ -604,29 +604,6 @@ class LegacyMux(CorkedWriter, PendingOpens[LegacyStream]):
         if not self._closed:
             self._write_sequence([header, payload])
 
-    def _remove(self, stream: LegacyStream) -> None:
-        if self._streams.get(stream.stream_id) is stream:
-            del self._streams[stream.stream_id]
-        self._waiting.discard(stream)
-        self._fail_open(stream, "stream closed")
-
-    # -- IPushProducer for the bridge transport ----------------------------------
-
-    def pauseProducing(self) -> None:
-        self._writes_paused = True
-
-    def resumeProducing(self) -> None:
-        self._writes_paused = False
-        waiting, self._waiting = self._waiting, set()
-        for stream in waiting:
-            if not stream._finished:
-                stream._update_producer()
-            if self._writes_paused:
-                self._waiting.update(s for s in waiting if not s._finished)
-                break
-
-    def stopProducing(self) -> None:
-        self.connection_lost("bridge transport closed")
 
     # -- keepalive ------------------------------------------------------------------
 
