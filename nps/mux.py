@@ -539,29 +539,6 @@ class Mux(CorkedWriter, BridgeProducer[MuxStream]):
         self._close_transport(abort=True)
         self.connection_lost(self.close_reason)
 
-    def connection_lost(self, reason: str) -> None:
-        if self._closed and not self._streams and not self._pending_opens:
-            return
-        first = not self._closed
-        self._closed = True
-        if not self.close_reason:
-            self.close_reason = reason
-        if self._ping_call is not None and self._ping_call.active():
-            self._ping_call.cancel()
-        for d, timer in list(self._pending_opens.values()):
-            if timer.active():
-                timer.cancel()
-        pending, self._pending_opens = self._pending_opens, {}
-        for d, _ in pending.values():
-            d.errback(StreamRefused(f"bridge lost: {self.close_reason}"))
-        lost = Failure(ConnectionLost(f"bridge lost: {self.close_reason}"))
-        for stream in list(self._streams.values()):
-            stream._finish(lost)
-        self._streams.clear()
-        self._waiting_streams.clear()
-        if first and self._on_close is not None:
-            self._on_close(self.close_reason)
-
     def _handle(self, frame: Frame) -> None:
         ftype = frame.type
         if ftype == _DATA:

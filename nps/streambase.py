@@ -11,11 +11,14 @@ does differently. Only registration and trivial methods are here: no data path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProducer, IProtocol, ITransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
@@ -60,6 +63,10 @@ class StreamTransport:
         raise NotImplementedError
 
     def loseConnection(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self, reason: Failure) -> None:
+        """The stream is over: tell the protocol C{reason} and forget the stream."""
         raise NotImplementedError
 
     def setTcpNoDelay(self, enabled: bool) -> None:
@@ -162,17 +169,43 @@ class BridgeProducer(PendingOpens[_S]):
     paused, streams that want to send wait in C{_waiting_streams} (their own
     producers paused); resuming the bridge lets them go, until it pauses again.
 
-    The mux sets C{_streams}, C{_waiting_streams} and C{_writes_paused} in its
-    C{__init__} and implements C{connection_lost}.
+    The mux sets the attributes below in its C{__init__}.
     """
 
     _streams: dict[int, _S]
     _waiting_streams: set[_S]
     _writes_paused: bool
+    _closed: bool
+    close_reason: str
+    _ping_call: IDelayedCall | None
+    _on_close: Callable[[str], None] | None
 
     def connection_lost(self, reason: str) -> None:
-        """Tear the mux down; the bridge transport is gone (the mux implements it)."""
-        raise NotImplementedError
+        """
+        The bridge is gone (or the mux gave up on it): stop pinging, fail every
+        open that waits, end every stream, and tell C{_on_close} the first time.
+        """
+        if self._closed and not self._streams and not self._pending_opens:
+            return
+        first = not self._closed
+        self._closed = True
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        for _, timer in list(self._pending_opens.values()):
+            if timer.active():
+                timer.cancel()
+        pending, self._pending_opens = self._pending_opens, {}
+        for d, _ in pending.values():
+            d.errback(StreamRefused(f"bridge lost: {self.close_reason}"))
+        lost = Failure(ConnectionLost(f"bridge lost: {self.close_reason}"))
+        for stream in list(self._streams.values()):
+            stream._finish(lost)
+        self._streams.clear()
+        self._waiting_streams.clear()
+        if first and self._on_close is not None:
+            self._on_close(self.close_reason)
 
     def _remove(self, stream: _S) -> None:
         """Forget a finished stream (and fail its opener if it still waits)."""

@@ -572,28 +572,6 @@ class LegacyMux(CorkedWriter, BridgeProducer[LegacyStream]):
         self._send(lm.encode(lm.MSG_SEND_OK, stream_id, window=lm.pack_window(RECEIVE_WINDOW, 0)))
         self._on_stream(stream)
 
-    def connection_lost(self, reason: str) -> None:
-        if self._closed and not self._streams:
-            return
-        first = not self._closed
-        self._closed = True
-        if not self.close_reason:
-            self.close_reason = reason
-        if self._ping_call is not None and self._ping_call.active():
-            self._ping_call.cancel()
-        pending, self._pending_opens = self._pending_opens, {}
-        for d, timer in pending.values():
-            if timer.active():
-                timer.cancel()
-            d.errback(StreamRefused(f"bridge lost: {self.close_reason}"))
-        lost = Failure(ConnectionLost(f"bridge lost: {self.close_reason}"))
-        for stream in list(self._streams.values()):
-            stream._finish(lost)
-        self._streams.clear()
-        self._waiting_streams.clear()
-        if first and self._on_close is not None:
-            self._on_close(self.close_reason)
-
     # -- output ------------------------------------------------------------------
 
     def _send(self, frame: bytes) -> None:
