@@ -83,9 +83,12 @@ def _targets(record: dict[str, Any]) -> list[str]:
     return [t.strip() for t in text.replace(",", "\n").splitlines() if t.strip()]
 
 
-def _flow(record: dict[str, Any]) -> tuple[int, int]:
+def _add_flow(traffic: list[tuple[str, int, int, int]], kind: str, new_id: int, record: dict[str, Any]) -> None:
+    """Keep an NPS record's C{Flow} counters (if any) for the imported record C{new_id}."""
     flow = record.get("Flow") or {}
-    return int(flow.get("InletFlow", 0) or 0), int(flow.get("ExportFlow", 0) or 0)
+    b_in, b_out = int(flow.get("InletFlow", 0) or 0), int(flow.get("ExportFlow", 0) or 0)
+    if b_in or b_out:
+        traffic.append((kind, new_id, b_in, b_out))
 
 
 def _client_id(record: dict[str, Any]) -> int | None:
@@ -156,9 +159,7 @@ def import_nps(store: Store, directory: str) -> ImportReport:
             continue
         if isinstance(old_id, int):
             ids[old_id] = client.id
-        b_in, b_out = _flow(record)
-        if b_in or b_out:
-            traffic.append(("client", client.id, b_in, b_out))
+        _add_flow(traffic, "client", client.id, record)
         report.clients += 1
     for record in tasks:
         label = f"tunnel {record.get('Id')} ({record.get('Mode')} port {record.get('Port')})"
@@ -181,9 +182,7 @@ def import_nps(store: Store, directory: str) -> ImportReport:
         except (StoreError, ValueError, TypeError) as e:
             report.skipped.append(f"{label}: {e}")
             continue
-        b_in, b_out = _flow(record)
-        if b_in or b_out:
-            traffic.append(("tunnel", tunnel.id, b_in, b_out))
+        _add_flow(traffic, "tunnel", tunnel.id, record)
         report.tunnels += 1
     for record in hosts:
         label = f"host {record.get('Id')} ({record.get('Host')})"
@@ -206,9 +205,7 @@ def import_nps(store: Store, directory: str) -> ImportReport:
         except (StoreError, ValueError, TypeError) as e:
             report.skipped.append(f"{label}: {e}")
             continue
-        b_in, b_out = _flow(record)
-        if b_in or b_out:
-            traffic.append(("host", host.id, b_in, b_out))
+        _add_flow(traffic, "host", host.id, record)
         report.hosts += 1
     if traffic:
         store.add_traffic(traffic)
