@@ -84,7 +84,25 @@ class _Sender:
             self._loop.stop()
 
 
-class VisitorLink:
+class _Punching:
+    """What both ends of a pairing keep while they punch: the datagram senders and one timer."""
+
+    _register: _Sender | None
+    _probe: _Sender | None
+    _timer: IDelayedCall | None
+
+    def _stop_punching(self) -> None:
+        """Stop sending registrations and probes, and cancel the timer."""
+        for sender in (self._register, self._probe):
+            if sender is not None:
+                sender.stop()
+        self._register = self._probe = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class VisitorLink(_Punching):
     """One p2p visitor's way to its provider: direct (QUIC), relayed, or being set up."""
 
     log = Logger()
@@ -300,13 +318,7 @@ class VisitorLink:
         self._timer = self.reactor.callLater(delay, self._give_up, reason)
 
     def _stop_timers(self) -> None:
-        for sender in (self._register, self._probe):
-            if sender is not None:
-                sender.stop()
-        self._register = self._probe = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_punching()
         self.client.links.pop(self.visit_id, None)
 
     def _cleanup(self) -> None:
@@ -337,7 +349,7 @@ class VisitorLink:
         self.state = "idle"
 
 
-class ProviderOffer:
+class ProviderOffer(_Punching):
     """One pairing on the provider's side: a UDP port waiting for the visitor's QUIC connection."""
 
     log = Logger()
@@ -415,13 +427,7 @@ class ProviderOffer:
         stream.attach(_Gate(self))
 
     def stop(self) -> None:
-        for sender in (self._register, self._probe):
-            if sender is not None:
-                sender.stop()
-        self._register = self._probe = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_punching()
         if self.session is not None and self.session.active:
             self.session.close("closed")
         if self._port is not None:
